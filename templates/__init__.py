@@ -1,0 +1,1 @@
+"""Templates rendered by `lrnnx new-layer` (see issue #8)."""
