@@ -149,7 +149,10 @@ def validate_options(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         given = err.get("input")
         expected = model.model_fields[err["loc"][0]].annotation if err["loc"] and \
             err["loc"][0] in model.model_fields else "?"
-        exp_name = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+        if typing.get_origin(expected) is typing.Literal:
+            exp_name = "one of " + ", ".join(repr(a) for a in typing.get_args(expected))
+        else:
+            exp_name = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
         raise ConfigError(
             f"{label}: option {field!r} expects {exp_name}, got {type(given).__name__} "
             f"{given!r} ({err['msg']}).") from None
