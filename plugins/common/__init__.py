@@ -1,0 +1,1 @@
+"""Building blocks shared by built-in layers (not registered components)."""

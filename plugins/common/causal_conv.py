@@ -1,0 +1,113 @@
+"""Causal depthwise 1-D convolution with a recurrent state (Mamba, Mamba2, Hawk/Griffin).
+
+y_t[d] = bias[d] + sum_{j=0}^{K-1} w[d, j] * x_{t-K+1+j}[d]      (x_s = state for s < 0)
+
+The state is the last K-1 inputs, (B, D, K-1), oldest first, so prefill by ``forward`` followed by
+``step`` equals one ``forward`` over the whole sequence.  Packed varlen input (``cu_seqlens``)
+restarts the window at every sequence start (taps reaching into the previous sequence read zero,
+or that sequence's entry of ``state`` when a per-sequence state is given).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _positions_in_sequence(cu_seqlens: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset of each token inside its sequence, sequence index of each token), both (L,)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    seq_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device),
+                                     lengths, output_size=L)
+    offset = torch.arange(L, device=cu_seqlens.device) - cu_seqlens[:-1][seq_id]
+    return offset, seq_id
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution over (B, L, D) with kernel size ``kernel_size``."""
+
+    def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True):
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"CausalConv1d: kernel_size must be >= 1, got {kernel_size}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        # nn.Conv1d's default init (kaiming uniform with fan_in = kernel_size for depthwise)
+        bound = 1.0 / math.sqrt(kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        dtype = dtype or self.weight.dtype
+        device = device or self.weight.device
+        return torch.zeros(batch_size, self.channels, self.kernel_size - 1, device=device,
+                           dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> (y (B, L, D), new state (B or N_seq, D, K-1))."""
+        B, L, D = x.shape
+        K = self.kernel_size
+        if cu_seqlens is not None:
+            return self._forward_varlen(x, state, cu_seqlens)
+        if state is None:
+            state = x.new_zeros(B, D, K - 1)
+        if L == 0:
+            return x.new_zeros(B, 0, D), state
+        xt = x.transpose(1, 2)  # (B, D, L)
+        full = torch.cat([state.to(x.dtype), xt], dim=2)  # (B, D, K-1+L)
+        y = F.conv1d(full, self.weight.unsqueeze(1), self.bias, groups=D)  # (B, D, L)
+        new_state = full[:, :, full.shape[2] - (K - 1):] if K > 1 else full[:, :, :0]
+        return y.transpose(1, 2), new_state
+
+    def _forward_varlen(self, x, state, cu_seqlens):
+        # x is (1, L, D); tap j of token t reads x[t - (K-1-j)] only inside the same sequence.
+        _, L, D = x.shape
+        K = self.kernel_size
+        n_seq = cu_seqlens.numel() - 1
+        offset, seq_id = _positions_in_sequence(cu_seqlens.long(), L)
+        xs = x[0]
+        y = torch.zeros_like(xs) if self.bias is None else self.bias.to(xs.dtype).expand(L, D)
+        for j in range(K):
+            lag = K - 1 - j
+            shifted = torch.cat([xs.new_zeros(lag, D), xs[: L - lag]], 0) if lag else xs
+            inside = (offset >= lag).unsqueeze(1)
+            tap = torch.where(inside, shifted, torch.zeros_like(shifted))
+            if state is not None and lag:
+                # positions before the sequence start read the sequence's own state:
+                # offset - lag in [-(K-1), -1] -> state column (K-1) + (offset - lag)
+                col = (K - 1 + offset - lag).clamp(0, K - 2)
+                from_state = state[seq_id, :, col].to(xs.dtype)  # (L, D)
+                tap = torch.where(inside, tap, from_state)
+            y = y + self.weight[:, j].to(xs.dtype) * tap
+        # new per-sequence state: the last K-1 inputs of each sequence (with earlier state
+        # columns for sequences shorter than K-1)
+        ends = cu_seqlens[1:].long()
+        lengths = ends - cu_seqlens[:-1].long()
+        new_state = x.new_zeros(n_seq, D, K - 1)
+        for c in range(K - 1):
+            back = K - 1 - c  # column c holds input at position end - back
+            pos = ends - back
+            valid = (back <= lengths).view(-1, 1)
+            val = xs[pos.clamp(min=0)]
+            if state is not None:
+                prev_col = (K - 1 - (back - lengths)).clamp(0, K - 2)
+                prev = state[torch.arange(n_seq, device=x.device), :, prev_col].to(x.dtype)
+            else:
+                prev = torch.zeros_like(val)
+            new_state[:, :, c] = torch.where(valid, val, prev)
+        return y.unsqueeze(0), new_state
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, D), state (B, D, K-1) -> (y_t (B, D), new state)."""
+        window = torch.cat([state.to(x_t.dtype), x_t.unsqueeze(2)], dim=2)  # (B, D, K)
+        y = (window * self.weight.to(x_t.dtype)).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias.to(x_t.dtype)
+        return y, window[:, :, 1:]
