@@ -296,8 +296,11 @@ class Registry:
 
     def unregister(self, kind: str, name: str) -> None:
         self._check_kind(kind)
-        self._entries[kind].pop(name, None)
+        entry = self._entries[kind].pop(name, None)
         self._conflicts.pop((kind, name), None)
+        if entry is not None and entry.plugin in self.plugins:
+            registered = self.plugins[entry.plugin].registered
+            registered[:] = [r for r in registered if r != (kind, name)]
 
 
 REGISTRY = Registry()

@@ -49,7 +49,9 @@ def check_x(layer, x, arg: str = "x", step: bool = False) -> None:
     if not (x.is_floating_point() or (want_complex and x.is_complex())):
         raise InputTypeError(f"{where}: {arg} must be a floating-point tensor, got dtype "
                              f"{x.dtype}; convert it with x.float().")
-    p = next(iter(layer.parameters()), None) if isinstance(layer, torch.nn.Module) else None
+    # compare against the first real floating-point parameter (complex ones say nothing about x)
+    p = next((q for q in layer.parameters() if q.is_floating_point()), None) \
+        if isinstance(layer, torch.nn.Module) else None
     if p is not None:
         if p.device != x.device:
             raise InputError(f"{where}: {arg} is on {x.device} but the layer's parameters are "
