@@ -3,7 +3,11 @@
 * ``build_layer("attn(n_heads=8)", d_model=64)`` -> one Layer.
 * ``build_model("mamba*4 + attn", d_model=64, vocab_size=None, block="prenorm", **globals)``
   -> :class:`lrnnx.models.Backbone`, or :class:`lrnnx.models.LM` with ``vocab_size``.
-* ``build_model_from_config("model.yaml", overrides=["d_model=128"])``.
+* ``build_model_from_config("model.yaml", overrides=["d_model=128"])``; ``model.kind``
+  (lm | backbone | classifier | unet) selects :class:`lrnnx.models.Classifier` or
+  :class:`lrnnx.models.UNet` too.
+* ``build_backbones(specs, d_models, ...)``: several backbones sharing one set of globals (the
+  stages of those multi-stack models).
 
 Rules.  Every layer gets ``d_model``.  A *global* option (``**globals``) goes to every layer,
 block and model part whose ``__init__`` names it (``n_heads=8`` reaches every ``attn``; ``norm``
@@ -28,7 +32,7 @@ from .registry.options import option_kinds, validate_options
 from .registry.spec import Component, Spec, format_spec, parse_spec, resolve_names, \
     spec_from_config
 
-__all__ = ["build_layer", "build_model", "build_model_from_config"]
+__all__ = ["build_layer", "build_model", "build_model_from_config", "build_backbones"]
 
 _MODEL_KEYS = ("spec", "d_model", "vocab_size", "block")
 
@@ -215,6 +219,65 @@ def build_layer(spec: str | Component, d_model: int, **globals: Any):
     return _build_layers(comps, text, d_model, globals)[0]
 
 
+def _prepared(spec: Any) -> tuple[Spec, str | None, list[Component]]:
+    """Parsed spec, its text (for carets) and expanded layers, with every name checked."""
+    parsed, text = _parse(spec)
+    comps = parsed.expand()
+    _check_names(parsed, text, comps)
+    return parsed, text, comps
+
+
+def build_backbones(specs: Sequence[Any], d_models: Sequence[int], block: str = "prenorm",
+                    extra_options: Mapping[str, list[str]] | None = None,
+                    **globals: Any) -> tuple[list, str]:
+    """One :class:`lrnnx.models.Backbone` per spec (``d_models[i]`` wide), sharing ``globals``.
+
+    The building step of :func:`build_model` and of the multi-stack models (``Classifier``
+    stages, ``UNet`` levels): every layer, block and final norm takes the globals it accepts;
+    one accepted by none of them (nor by ``extra_options``: ``{owner: [option, ...]}`` of the
+    caller's own model parts) is a ConfigError.  Returns ``(backbones, canonical block text)``;
+    each backbone has ``.spec`` and ``.layers`` set.
+    """
+    from .models.backbone import Backbone
+
+    specs, d_models = list(specs), list(d_models)
+    if not specs or len(specs) != len(d_models):
+        raise ConfigError(f"build_backbones needs one d_model per spec, got {len(specs)} specs "
+                          f"and {len(d_models)} widths.")
+    for d in d_models:
+        _check_positive("d_model", d)
+    prepared = [_prepared(s) for s in specs]
+    block_cls, block_kw, block_text, block_where = _parse_block(block)
+
+    accepted: dict[str, list[str]] = {}
+    for _, _, comps in prepared:
+        for c in comps:
+            accepted.setdefault(f"layer {c.name!r}", _params(REGISTRY.get("layer", c.name)))
+    block_opts = _params(block_cls, skip=("d_model", "mixer"))
+    accepted[f"block {block_cls.name!r}"] = block_opts
+    model_opts = _params(Backbone, skip=("blocks", "d_model"))
+    accepted["final norm"] = model_opts
+    accepted.update(extra_options or {})
+    _check_globals(globals, accepted)
+
+    bkw = {**{g: v for g, v in globals.items() if g in block_opts}, **block_kw}
+    backbones = []
+    for (parsed, text, comps), d_model in zip(prepared, d_models):
+        layers = _build_layers(comps, text, d_model, globals)
+        blocks = []
+        for layer in layers:
+            try:
+                blocks.append(block_cls(d_model=d_model, mixer=layer, **bkw))
+            except (LrnnxError, ValueError, TypeError) as exc:
+                _reraise(exc, f"block {block_cls.name!r}", block_where)
+        backbone = Backbone(blocks, d_model,
+                            **{g: v for g, v in globals.items() if g in model_opts})
+        backbone.spec = format_spec(parsed)
+        backbone.layers = [format_spec(Spec((c,))) for c in comps]
+        backbones.append(backbone)
+    return backbones, block_text
+
+
 def build_model(spec: Any, d_model: int, vocab_size: int | None = None, block: str = "prenorm",
                 **globals: Any):
     """Build a model from ``spec``: each layer wrapped in ``block``, then a final norm.
@@ -224,40 +287,16 @@ def build_model(spec: Any, d_model: int, vocab_size: int | None = None, block: s
     with options (``"prenorm_mlp(mlp_expand=4)"``).  ``globals``: options applied to every layer,
     block or model part that accepts them (the final norm takes ``norm``/``eps``; the LM takes
     ``tie_embeddings``).  Returns a ``Backbone`` ((B, L, d_model) -> (B, L, d_model)), or an
-    ``LM`` (token ids -> logits) when ``vocab_size`` is given.
+    ``LM`` (token ids -> logits, with ``generate``) when ``vocab_size`` is given.
     """
-    from .models.backbone import LM, Backbone
+    from .models.lm import LM
 
     _check_positive("d_model", d_model)
     _check_positive("vocab_size", vocab_size, optional=True)
-    parsed, text = _parse(spec)
-    comps = parsed.expand()
-    _check_names(parsed, text, comps)
-    block_cls, block_kw, block_text, block_where = _parse_block(block)
-
-    accepted: dict[str, list[str]] = {}
-    for c in comps:
-        accepted.setdefault(f"layer {c.name!r}", _params(REGISTRY.get("layer", c.name)))
-    block_opts = _params(block_cls, skip=("d_model", "mixer"))
-    accepted[f"block {block_cls.name!r}"] = block_opts
-    model_opts = _params(Backbone, skip=("blocks", "d_model"))
-    accepted["final norm"] = model_opts
     lm_opts = _params(LM, skip=("backbone", "vocab_size")) if vocab_size else []
-    if vocab_size:
-        accepted["LM"] = lm_opts
-    _check_globals(globals, accepted)
-
-    layers = _build_layers(comps, text, d_model, globals)
-    bkw = {**{g: v for g, v in globals.items() if g in block_opts}, **block_kw}
-    blocks = []
-    for layer in layers:
-        try:
-            blocks.append(block_cls(d_model=d_model, mixer=layer, **bkw))
-        except (LrnnxError, ValueError, TypeError) as exc:
-            _reraise(exc, f"block {block_cls.name!r}", block_where)
-    backbone = Backbone(blocks, d_model, **{g: v for g, v in globals.items() if g in model_opts})
-    backbone.spec = format_spec(parsed)
-    backbone.layers = [format_spec(Spec((c,))) for c in comps]
+    (backbone,), block_text = build_backbones(
+        [spec], [d_model], block, extra_options={"LM": lm_opts} if vocab_size else None,
+        **globals)
     config: dict[str, Any] = {"spec": backbone.spec, "d_model": d_model}
     model: Any = backbone
     if vocab_size:
@@ -292,10 +331,14 @@ def build_model_from_config(path_or_dict: Any, overrides: list[str] | None = Non
     """Build a model from a YAML file or a dict, with CLI-style ``key=value`` overrides.
 
     Accepted forms: ``{model: {spec, d_model, vocab_size?, block?, **globals}}`` or the same
-    model keys at the top level.  ``spec`` is a spec string or a list of
-    ``{name, kwargs}`` dicts.  ``overrides`` are OmegaConf dotlist strings such as
-    ``["d_model=128", "model.n_heads=8", "spec='attn*4'"]``; keys are relative to the model
-    section (a leading ``model.`` is optional).  ``model.config()`` round-trips through here.
+    model keys at the top level.  ``model.kind`` picks the architecture: ``lm`` (needs
+    vocab_size) or ``backbone`` (the default is lm when vocab_size is set, else backbone), or
+    ``classifier`` / ``unet``, whose keys are the arguments of
+    :func:`lrnnx.models.build_classifier` / :func:`lrnnx.models.build_unet`.  ``spec`` is a
+    spec string or a list of ``{name, kwargs}`` dicts.  ``overrides`` are OmegaConf dotlist
+    strings such as ``["d_model=128", "model.n_heads=8", "spec='attn*4'"]``; keys are relative
+    to the model section (a leading ``model.`` is optional).  ``model.config()`` round-trips
+    through here.
     """
     import pydantic
     from omegaconf import DictConfig, OmegaConf
@@ -337,6 +380,12 @@ def build_model_from_config(path_or_dict: Any, overrides: list[str] | None = Non
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve config: {exc}") from exc
 
+    from .models.kinds import MULTI_STACK_KINDS, build_kind, model_kind
+
+    kind = model_kind(data)
+    if kind in MULTI_STACK_KINDS:
+        return build_kind(kind, data)
+
     class ModelSection(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="allow")  # extras are global options
         spec: str | list[Any]
@@ -352,6 +401,12 @@ def build_model_from_config(path_or_dict: Any, overrides: list[str] | None = Non
         section = ModelConfig.model_validate(data).model
     except pydantic.ValidationError as exc:
         raise _config_error(exc, data) from None
+    if kind == "lm" and section.vocab_size is None:
+        raise ConfigError("config: model.kind 'lm' needs model.vocab_size (the number of "
+                          "token ids); set it, or use kind 'backbone' for a float-in model.")
+    if kind == "backbone" and section.vocab_size is not None:
+        raise ConfigError(f"config: model.kind 'backbone' takes no vocab_size (got "
+                          f"{section.vocab_size}); drop it, or use kind 'lm'.")
     spec = section.spec if isinstance(section.spec, str) else spec_from_config(section.spec)
     return build_model(spec, section.d_model, vocab_size=section.vocab_size,
                        block=section.block, **(section.model_extra or {}))

@@ -1,4 +1,4 @@
-"""Model containers: ``Backbone`` (a stack of residual blocks + final norm) and ``LM``.
+"""Model containers: ``Backbone`` (a stack of residual blocks + final norm); ``LM`` is in lm.py.
 
 Built by :func:`lrnnx.build_model` from a spec string; both follow the layer call convention
 (``forward(x, state=None, return_state=False, timesteps=None, cu_seqlens=None)``, ``step``,
@@ -18,11 +18,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from lrnnx.errors import InputError, InputTypeError
-from lrnnx.registry.inputs import _values_checkable
+from lrnnx.errors import InputError
 
 from lrnnx_plugins.norms import make_norm
 
@@ -128,71 +126,6 @@ class Backbone(_SpecInfo, nn.Module):
         return self.norm(x_t), new_states
 
 
-class LM(_SpecInfo, nn.Module):
-    """Language model: token embedding -> Backbone -> LM head (tied to the embedding by default).
-
-    ``forward(input_ids (B, L) integer, ...) -> logits (B, L, vocab_size)``;
-    ``step(token_ids (B,), state) -> (logits (B, vocab_size), state)``; the state is the
-    backbone's.  Embeddings are initialised N(0, 0.02) (GPT-2), which keeps tied logits small.
-    """
-
-    def __init__(self, backbone: Backbone, vocab_size: int, tie_embeddings: bool = True):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.d_model = backbone.d_model
-        self.embedding = nn.Embedding(vocab_size, self.d_model)
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        self.backbone = backbone
-        self.head = nn.Linear(self.d_model, vocab_size, bias=False)
-        self.tie_embeddings = tie_embeddings
-        if tie_embeddings:
-            self.head.weight = self.embedding.weight
-        self._config = None
-
-    @property
-    def spec(self) -> str | None:
-        return self.backbone.spec
-
-    @property
-    def layers(self) -> list[str]:
-        return self.backbone.layers
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        return self.backbone.capabilities
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> ModelState:
-        w = self.embedding.weight
-        return self.backbone.init_state(batch_size, device=device or w.device,
-                                        dtype=dtype or w.dtype)
-
-    def _check_ids(self, ids, arg: str, rank: int) -> None:
-        want = "(B, L)" if rank == 2 else "(B,)"
-        if not isinstance(ids, torch.Tensor):
-            raise InputTypeError(f"LM: {arg} must be an integer torch.Tensor of shape {want}, "
-                                 f"got {type(ids).__name__}.")
-        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise InputTypeError(f"LM: {arg} must hold integer token ids, got dtype "
-                                 f"{ids.dtype}; use {arg}.long() (or call model.backbone on "
-                                 f"float features).")
-        if ids.dim() != rank:
-            raise InputError(f"LM: {arg} must have shape {want}, got {tuple(ids.shape)}.")
-        if ids.numel() and _values_checkable(ids):
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= self.vocab_size:
-                raise InputError(f"LM: {arg} must be in [0, vocab_size={self.vocab_size}), "
-                                 f"got values in [{lo}, {hi}].")
-
-    def forward(self, input_ids, state=None, return_state=False, timesteps=None,
-                cu_seqlens=None):
-        self._check_ids(input_ids, "input_ids", 2)
-        out = self.backbone(self.embedding(input_ids), state=state, return_state=return_state,
-                            timesteps=timesteps, cu_seqlens=cu_seqlens)
-        if return_state:
-            return self.head(out[0]), out[1]
-        return self.head(out)
-
-    def step(self, token_ids, state, timesteps=None):
-        self._check_ids(token_ids, "token_ids", 1)
-        h, state = self.backbone.step(self.embedding(token_ids), state, timesteps=timesteps)
-        return self.head(h), state
+# LM lived here first; keep ``lrnnx.models.backbone.LM`` importable (imported last: lm.py
+# imports Backbone from this module)
+from .lm import LM  # noqa: E402
