@@ -144,8 +144,10 @@ class Block(Component, nn.Module):
 class Parameterization(Component, nn.Module):
     """Owns the learnable parameters of a diagonal SSM (S4D-Lin/Inv, HiPPO-N, LRU ring, ...).
 
-    The concrete protocol (what ``forward`` returns) is documented in ``lrnnx.ssm``; the SSM layer
-    composes a parameterization with a discretizer and a scan backend.
+    The concrete protocol (constructor ``(d_model, d_state, complex=None, **options)``, class
+    attributes ``structure`` / ``discrete`` / ``selective``, and the ``SSMParams`` that ``forward``
+    returns) is documented in ``lrnnx_plugins.parameterizations.base``; the ``ssm`` layer composes
+    a parameterization with a discretizer and a scan backend.
     """
 
     def __init__(self) -> None:

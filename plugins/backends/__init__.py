@@ -1,0 +1,31 @@
+"""Built-in plugin ``lrnnx_backends``: the scan backends ``cpu``, ``torch`` and ``torch_ref``.
+
+They implement the ops of :mod:`lrnnx.ops` (``diag_scan``, ``selective_scan``, ``diag_step``,
+``selective_step``) on top of the plain kernels of ``lrnnx_kernels``:
+
+=========  ========  ==========================================================================
+name       priority  runs
+=========  ========  ==========================================================================
+cpu        20        C++/OpenMP diag scan (JIT-built at first use), CPU tensors only
+torch      10        exact chunked PyTorch scans, any device and dtype (the fallback)
+torch_ref  0         sequential reference loops (float64 ground truth), by name only
+=========  ========  ==========================================================================
+
+``lrnnx backends`` (or ``lrnnx.ops.explain()``) shows which one runs a given problem and why.
+"""
+
+from __future__ import annotations
+
+import lrnnx
+
+from .cpu_backend import CpuBackend
+from .torch_backend import TorchBackend, TorchRefBackend
+
+__all__ = ["CpuBackend", "TorchBackend", "TorchRefBackend", "register_scan_backends"]
+
+
+@lrnnx.hookimpl
+def register_scan_backends(register):
+    register(CpuBackend)
+    register(TorchBackend)
+    register(TorchRefBackend)

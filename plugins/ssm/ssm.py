@@ -1,0 +1,231 @@
+"""The generic diagonal state-space layer ``ssm`` = parameterization + discretizer + scan backend.
+
+Recurrence (per token t, diagonal A, states flattened to D elements, see
+:mod:`lrnnx_plugins.ssm.recurrence`)::
+
+    (A_bar, B_bar) = disc(A, dt * timesteps_t)      h_t = A_bar h_{t-1} + B_bar x_t
+    y_t = s * Re(C h_t) + D * x_t                   (s = 2 for conjugate-symmetric parameters)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+import lrnnx
+from lrnnx import Ref
+from lrnnx.errors import BackendUnavailableError, ConfigError, InputError, InputTypeError
+
+from .components import build_discretizer, build_parameterization, check_params, check_scan, \
+    traits
+from .recurrence import decay_term, input_term, readout, transition
+
+
+class SSM(lrnnx.Layer):
+    r"""Generic diagonal SSM layer: any registered parameterization x discretizer x scan backend.
+
+    .. math::
+
+        h_t = \bar A_t h_{t-1} + \bar B_t x_t, \quad (\bar A_t, \bar B_t) =
+        \mathrm{disc}(A, \Delta \cdot \tau_t, B), \quad y_t = s\,\mathrm{Re}(C h_t) + D x_t
+
+    Composition: the parameterization (``param``) returns ``A, B, C, dt`` (protocol:
+    :mod:`lrnnx_plugins.parameterizations.base`), the discretizer (``disc``; skipped for
+    discrete parameterizations such as ``lru_ring``) gives ``A_bar`` and ``B_bar = B_scale * B``,
+    and :func:`lrnnx.ops.diag_scan` runs the recurrence on the scan backend ``scan``.  Selective
+    (input-dependent) parameterizations run through :func:`lrnnx.ops.selective_scan` (fused,
+    chunked) when the discretizer is one of the built-in formulas, and through ``diag_scan``
+    otherwise (a third-party discretizer, packed varlen input, the reverse direction).
+    Papers: S4D (Gu et al. 2022, https://arxiv.org/abs/2206.11893), S5 (Smith et al. 2023,
+    https://arxiv.org/abs/2208.04933), LRU (Orvieto et al. 2023,
+    https://arxiv.org/abs/2303.06349), Mamba (Gu & Dao 2023, https://arxiv.org/abs/2312.00752).
+
+    Options:
+        d_state: states per channel (SISO: state (H, d_state)) or shared states (MIMO: state
+            (d_state,)); complex parameterizations count complex modes.  Default 64.
+        param: a parameterization name (``"s4d_inv"``, default), a spec component with options
+            (``lru_ring(r_min=0.9)``), a ``lrnnx.Parameterization`` subclass, or an instance.
+        disc: a discretizer name (``zoh`` default, ``bilinear``, ``euler``, ``mamba``,
+            ``dirac``) or a ``lrnnx.Discretizer``.
+        scan: ``"auto"`` or a scan backend name (``lrnnx list scan_backends``), passed to the
+            ops as ``backend=``.
+        bidirectional: add an anti-causal scan (``reverse=True``) with its OWN parameterization
+            (same family and options, independent init); outputs are summed, ``D`` is shared.
+            A bidirectional layer cannot ``step`` or continue from a state (the backward
+            direction needs the whole sequence); ``return_state=True`` returns the forward
+            direction's final state, for inspection.
+
+    The skip ``D`` (H,) is ``N(0, 1)``-initialized (S4D, S5 and LRU all do so).
+
+    State: ``{"h": (B, H, d_state)}`` (SISO) or ``{"h": (B, d_state)}`` (MIMO), complex for
+    complex parameterizations.  ``timesteps`` (B, L) scale the step (``dt_eff = dt * t``; for a
+    discrete parameterization ``A_bar = A ** t``).  Packed varlen input (``cu_seqlens``, B = 1)
+    restarts the recurrence per sequence; the state is then per sequence, (N_seq, ...).
+
+    Shapes: x (B, L, d_model) -> y (B, L, d_model); step: x_t (B, d_model) -> y_t (B, d_model).
+
+    Conformance: ``test_kwargs`` builds the default (causal) layer with a small state;
+    the bidirectional form is checked as its own subject in ``tests/test_ssm.py`` (a subclass
+    with ``test_kwargs = {"bidirectional": True}``, no ``step`` capability and ``causality``
+    declared as an expected failure).
+
+    Example::
+
+        layer = lrnnx.build_layer("ssm(param=lru_ring(r_min=0.9), d_state=32)", d_model=64)
+        y, st = layer(torch.randn(2, 100, 64), return_state=True)
+        y_t, st = layer.step(torch.randn(2, 64), st)
+    """
+
+    name = "ssm"
+    capabilities = frozenset({"step", "varlen", "timesteps", "bidirectional"})
+    test_kwargs = {"d_state": 4}
+
+    def __init__(self, d_model: int, d_state: int = 64,
+                 param: Ref("parameterization") = "s4d_inv", disc: Ref("discretizer") = "zoh",
+                 scan: str = "auto", bidirectional: bool = False):
+        super().__init__()
+        where = f"layer {self.name!r}"
+        for opt, v in (("d_model", d_model), ("d_state", d_state)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{where}: {opt} must be a positive int, got {v!r}.")
+        self.d_model, self.d_state, self.bidirectional = d_model, d_state, bool(bidirectional)
+        self.scan = check_scan(scan, where)
+        self.disc = build_discretizer(disc, where)
+        # D first: the input checks compare x's dtype with the first (real) parameter
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.param = build_parameterization(param, d_model, d_state, where)
+        self.structure, self.discrete, self.selective = traits(self.param)
+        self.param_rev = None
+        if self.bidirectional:
+            rev = build_parameterization(param, d_model, d_state, where)
+            self.param_rev = copy.deepcopy(rev) if rev is self.param else rev
+
+    # ------------------------------------------------------------------ state
+    def _state_shape(self) -> tuple[int, ...]:
+        return (self.d_model, self.d_state) if self.structure == "siso" else (self.d_state,)
+
+    def _state_is_complex(self) -> bool:
+        flag = getattr(self.param, "complex", None)
+        if flag is not None:
+            return bool(flag)
+        # a third-party parameterization without the attribute: look at what it returns
+        with torch.no_grad():
+            x = self.D.new_zeros(1, 1, self.d_model) if self.selective else None
+            P = self.param(x) if self.selective else self.param()
+        return P.A.is_complex() or P.B.is_complex()
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        device = self.D.device if device is None else device
+        dtype = self.D.dtype if dtype is None else dtype
+        if dtype.is_complex:
+            dtype = dtype.to_real()
+        if self._state_is_complex():
+            dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return {"h": torch.zeros(batch_size, *self._state_shape(), device=device, dtype=dtype)}
+
+    def _state_in(self, state, x: torch.Tensor, cu_seqlens) -> torch.Tensor | None:
+        """The incoming state as the flat (n, D) initial state of the scan (or None)."""
+        if state is None:
+            return None
+        where = f"layer {self.name!r}"
+        if self.bidirectional:
+            raise InputError(f"{where} is bidirectional: it cannot continue from a state (the "
+                             f"backward direction needs the whole sequence); drop state=, or "
+                             f"build the layer with bidirectional=False.")
+        n = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+        want = (n, *self._state_shape())
+        per = "one row per packed sequence" if cu_seqlens is not None else "one row per batch " \
+              "element"
+        if "h" not in state:
+            raise InputError(f"{where}: state must have the key 'h' (a tensor of shape {want}), "
+                             f"got keys {sorted(state)}; use init_state() or the state returned "
+                             f"by forward(..., return_state=True).")
+        h = state["h"]
+        if not isinstance(h, torch.Tensor) or tuple(h.shape) != want:
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise InputError(f"{where}: state['h'] must have shape {want} ({per}), got {got}; "
+                             f"use init_state({n}) or the state of a previous call.")
+        if h.device != x.device:
+            raise InputError(f"{where}: state['h'] is on {h.device} but x is on {x.device}; "
+                             f"move it with .to(x.device).")
+        if not (h.is_floating_point() or h.is_complex()) or \
+                (h.is_complex() and not self._state_is_complex()):
+            raise InputTypeError(f"{where}: state['h'] has dtype {h.dtype} but this layer's "
+                                 f"state is {'complex' if self._state_is_complex() else 'real'}; "
+                                 f"use init_state() to build it.")
+        return h.reshape(n, -1)
+
+    # ------------------------------------------------------------------ compute
+    def _params(self, param, x: torch.Tensor):
+        P = param(x) if self.selective else param()
+        return check_params(param, P, self.d_model, self.d_state, x)
+
+    def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool):
+        """Outputs (B, L, H) without the skip, and the final flat state, of one direction."""
+        Bt, L, H = x.shape
+        P = self._params(param, x)
+        method = getattr(self.disc, "method", None)
+        if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
+                and not reverse and P.gamma is None:
+            try:
+                y, h_last = lrnnx.ops.selective_scan(
+                    x, P.dt, P.A, P.B, P.C, discretization=method, timesteps=timesteps,
+                    h0=None if h0 is None else h0.reshape(Bt, H, -1), return_last_state=True,
+                    backend=self.scan)
+            except BackendUnavailableError:
+                pass  # the backend has no fused selective scan: use its diag_scan below
+            else:
+                return (2.0 * y if P.conj_sym else y), h_last.reshape(Bt, -1)
+        A_bar, scale = transition(P, self.disc, self.structure, self.discrete, self.selective,
+                                  timesteps)
+        a = decay_term(A_bar, Bt, L, per_token=self.selective or timesteps is not None)
+        b = input_term(P, scale, x, self.structure, self.selective)
+        h, h_last = lrnnx.ops.diag_scan(a, b, h0, reverse=reverse, cu_seqlens=cu_seqlens,
+                                        backend=self.scan)
+        return readout(P, h, H, self.structure, self.selective), h_last
+
+    def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
+        h0 = self._state_in(state, x, cu_seqlens)
+        y, h_last = self._direction(self.param, x, h0, timesteps, cu_seqlens, reverse=False)
+        if self.param_rev is not None:
+            y_rev, _ = self._direction(self.param_rev, x, None, timesteps, cu_seqlens,
+                                       reverse=True)
+            y = y + y_rev
+        y = (y + self.D * x).to(x.dtype)
+        if not return_state:
+            return y
+        return y, {"h": h_last.reshape(h_last.shape[0], *self._state_shape())}
+
+    def step(self, x_t, state, timesteps=None):
+        """One token: x_t (B, d_model), state {"h": ...} -> (y_t (B, d_model), new state).
+
+        ``timesteps`` (B,) optionally gives the time since the previous token.
+        """
+        if self.bidirectional:
+            raise InputError(f"layer {self.name!r} is bidirectional and cannot step: y_t "
+                             f"depends on future tokens; call forward() on whole sequences, or "
+                             f"build it with bidirectional=False.")
+        x = x_t[:, None]
+        Bt = x.shape[0]
+        h = self._state_in(state, x, None)
+        P = self._params(self.param, x)
+        ts = None if timesteps is None else timesteps[:, None]
+        A_bar, scale = transition(P, self.disc, self.structure, self.discrete, self.selective,
+                                  ts)
+        a = decay_term(A_bar, Bt, 1, per_token=self.selective or ts is not None)[:, 0]
+        b = input_term(P, scale, x, self.structure, self.selective)[:, 0]
+        try:
+            h_new = lrnnx.ops.diag_step(a, b, h, backend=self.scan)
+        except BackendUnavailableError:
+            # a scan-only backend: the step is one elementwise formula, any backend runs it
+            h_new = lrnnx.ops.diag_step(a, b, h, backend="auto")
+        y = readout(P, h_new[:, None], self.d_model, self.structure, self.selective)[:, 0]
+        y = (y + self.D * x_t).to(x_t.dtype)
+        return y, {"h": h_new.reshape(Bt, *self._state_shape())}
+
+    def extra_repr(self) -> str:
+        disc = getattr(self.disc, "name", type(self.disc).__name__)
+        return (f"d_model={self.d_model}, d_state={self.d_state}, disc={disc}, "
+                f"scan={self.scan!r}, bidirectional={self.bidirectional}")
