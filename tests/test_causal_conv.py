@@ -59,3 +59,17 @@ def test_varlen_equals_loop(K, with_state):
         yi, sti = conv(xi, s_i)
         torch.testing.assert_close(y[:, cu[i]:cu[i + 1]], yi, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(st[i:i + 1], sti, rtol=1e-5, atol=1e-6)
+
+
+def test_varlen_total_shorter_than_window():
+    """A packed batch shorter than kernel_size - 1 in total (found by Hawk's tests)."""
+    torch.manual_seed(2)
+    conv = CausalConv1d(3, 4)
+    x = torch.randn(1, 2, 3)
+    cu = torch.tensor([0, 1, 2])
+    state = torch.randn(2, 3, 3)
+    y, st = conv(x, state, cu_seqlens=cu)
+    for i in range(2):
+        yi, sti = conv(x[:, i:i + 1], state[i:i + 1])
+        torch.testing.assert_close(y[:, i:i + 1], yi)
+        torch.testing.assert_close(st[i:i + 1], sti)

@@ -29,6 +29,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lrnnx_discretizers": "lrnnx_plugins.discretizers",
     "lrnnx_parameterizations": "lrnnx_plugins.parameterizations",
     "lrnnx_ssm": "lrnnx_plugins.ssm",
+    "lrnnx_recurrent": "lrnnx_plugins.recurrent",
+    "lrnnx_mamba": "lrnnx_plugins.mamba",
 }
 
 BUILTIN_DIST = "lrnnx"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -60,23 +59,33 @@ class CausalConv1d(nn.Module):
             state = x.new_zeros(B, D, K - 1)
         if L == 0:
             return x.new_zeros(B, 0, D), state
-        xt = x.transpose(1, 2)  # (B, D, L)
-        full = torch.cat([state.to(x.dtype), xt], dim=2)  # (B, D, K-1+L)
-        y = F.conv1d(full, self.weight.unsqueeze(1), self.bias, groups=D)  # (B, D, L)
-        new_state = full[:, :, full.shape[2] - (K - 1):] if K > 1 else full[:, :, :0]
-        return y.transpose(1, 2), new_state
+        # K shifted multiply-adds in (B, L, D) layout: ~2x faster than F.conv1d's depthwise
+        # backward on CPU (measured on Hawk) and no transposes of x.
+        full = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, D)
+        w = self.weight.to(x.dtype)
+        y = full[:, 0:L] * w[:, 0]
+        for j in range(1, K):
+            y = y + full[:, j:j + L] * w[:, j]
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        new_state = full[:, full.shape[1] - (K - 1):].transpose(1, 2)
+        return y, new_state
 
     def _forward_varlen(self, x, state, cu_seqlens):
         # x is (1, L, D); tap j of token t reads x[t - (K-1-j)] only inside the same sequence.
         _, L, D = x.shape
         K = self.kernel_size
         n_seq = cu_seqlens.numel() - 1
+        if L == 0:  # every sequence is empty: nothing to convolve, states unchanged
+            st = state if state is not None else x.new_zeros(n_seq, D, K - 1)
+            return x.new_zeros(1, 0, D), st
         offset, seq_id = _positions_in_sequence(cu_seqlens.long(), L)
         xs = x[0]
         y = torch.zeros_like(xs) if self.bias is None else self.bias.to(xs.dtype).expand(L, D)
         for j in range(K):
             lag = K - 1 - j
-            shifted = torch.cat([xs.new_zeros(lag, D), xs[: L - lag]], 0) if lag else xs
+            shifted = (torch.cat([xs.new_zeros(min(lag, L), D), xs[: max(L - lag, 0)]], 0)
+                       if lag else xs)
             inside = (offset >= lag).unsqueeze(1)
             tap = torch.where(inside, shifted, torch.zeros_like(shifted))
             if state is not None and lag:
