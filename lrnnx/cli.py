@@ -16,6 +16,7 @@ red, without a traceback).  torch is imported only by the subcommands that need 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Any
@@ -322,7 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this check (repeatable)")
     s.add_argument("-v", "--verbose", action="store_true", help="full messages")
     s.set_defaults(func=cmd_check)
+
+    for module in COMMAND_MODULES:  # train / evaluate / generate / new-layer / bench ...
+        importlib.import_module(module).add_commands(sub)
     return p
+
+
+#: modules with ``add_commands(subparsers)`` adding more subcommands; each command's
+#: ``func(args, console) -> int`` imports what it needs when it runs, so ``lrnnx --help`` is fast.
+COMMAND_MODULES: list[str] = ["lrnnx.scaffold", "lrnnx.train.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:
