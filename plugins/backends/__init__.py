@@ -1,4 +1,4 @@
-"""Built-in plugin ``lrnnx_backends``: the scan backends ``cpu``, ``torch`` and ``torch_ref``.
+"""Built-in plugin ``lrnnx_backends``: the scan backends ``triton``, ``cpu``, ``torch``, ``torch_ref``.
 
 They implement the ops of :mod:`lrnnx.ops` (``diag_scan``, ``selective_scan``, ``diag_step``,
 ``selective_step``) on top of the plain kernels of ``lrnnx_kernels``:
@@ -6,6 +6,8 @@ They implement the ops of :mod:`lrnnx.ops` (``diag_scan``, ``selective_scan``, `
 =========  ========  ==========================================================================
 name       priority  runs
 =========  ========  ==========================================================================
+triton     30        fused Triton kernels on CUDA tensors (real S6; complex diag scan), or on CPU
+                     tensors through the interpreter when TRITON_INTERPRET=1 (tests)
 cpu        20        C++/OpenMP diag scan (JIT-built at first use), CPU tensors only
 torch      10        exact chunked PyTorch scans, any device and dtype (the fallback)
 torch_ref  0         sequential reference loops (float64 ground truth), by name only
@@ -20,12 +22,15 @@ import lrnnx
 
 from .cpu_backend import CpuBackend
 from .torch_backend import TorchBackend, TorchRefBackend
+from .triton_backend import TritonBackend
 
-__all__ = ["CpuBackend", "TorchBackend", "TorchRefBackend", "register_scan_backends"]
+__all__ = ["CpuBackend", "TorchBackend", "TorchRefBackend", "TritonBackend",
+           "register_scan_backends"]
 
 
 @lrnnx.hookimpl
 def register_scan_backends(register):
+    register(TritonBackend)
     register(CpuBackend)
     register(TorchBackend)
     register(TorchRefBackend)

@@ -1,0 +1,35 @@
+"""Triton kernels of lrnnx (GPU; CPU tensors through ``TRITON_INTERPRET=1``).
+
+The functions mirror the reference kernels' signatures (plus keyword-only tile sizes):
+
+* :func:`diag_scan` ``(a, b, h0=None, reverse=False, cu_seqlens=None) -> (h, h_last)``
+  (real or complex, varlen, reverse, shared ``a``; ``diag_scan.py``)
+* :func:`diag_step` ``(a_t, b_t, h) -> h_new`` (``step.py``)
+* :func:`selective_scan` ``(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+  delta_softplus=False, discretization="mamba", timesteps=None, h0=None,
+  return_last_state=False)``: fused S6 with real A, B, C (``selective_scan.py``)
+* :func:`selective_step` ``(u_t, delta_t, A, B_t, C_t, state, ...) -> (y_t, state)``
+* :func:`available` / :func:`device_ok`: can they run here (cheap, see ``_host.py``).
+
+Importing this package imports triton, compiles nothing, and registers the ``lrnnx::triton_*``
+custom ops (``torch.library``, with fake kernels and autograd, so ``torch.compile(fullgraph=True)``
+traces through them).  ``@triton.jit`` reads ``TRITON_INTERPRET`` at import: set it before the
+first import to run on CPU tensors.  Example::
+
+    from lrnnx_kernels import triton as kt
+    h, h_last = kt.diag_scan(a.cuda(), b.cuda())
+"""
+from __future__ import annotations
+
+# Submodules first, then the functions: binding ``diag_scan`` / ``selective_scan`` after the
+# submodules of the same name are loaded keeps the package attributes the functions.
+from . import diag_scan as _diag_scan_module  # noqa: F401
+from . import selective_scan as _selective_scan_module  # noqa: F401
+from . import step as _step_module  # noqa: F401
+from ._host import available, device_ok, interpret_mode
+from .diag_scan import diag_scan
+from .selective_scan import selective_scan
+from .step import diag_step, selective_step
+
+__all__ = ["available", "device_ok", "interpret_mode", "diag_scan", "diag_step",
+           "selective_scan", "selective_step"]

@@ -1,0 +1,258 @@
+"""Triton fused selective scan / selective step on CPU through the Triton interpreter.
+
+Everything is compared with the float64 sequential reference (``selective_scan_ref``) and the
+torch discretization (``lrnnx_kernels.discretize``).  ``TRITON_INTERPRET=1`` is set by a module
+fixture before the kernels are first imported and restored afterwards (GPU machines run
+tests/gpu/test_triton_gpu.py).  The interpreter is slow: tiny shapes, tiles of BL tokens.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI"):
+        pytest.fail("triton must be installed in CI (pip install -e '.[dev]')", pytrace=False)
+    pytest.skip("triton is not installed", allow_module_level=True)
+if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    pytest.skip("CUDA present: the kernels are tested by tests/gpu/test_triton_gpu.py (set "
+                "TRITON_INTERPRET=1 to run these CPU tests)", allow_module_level=True)
+
+from lrnnx_kernels import METHODS, discretize, selective_scan_ref, selective_step
+from lrnnx_kernels_testutils import TOL, assert_close, up
+
+
+@pytest.fixture(autouse=True, scope="module")
+def triton_interpreter():
+    """TRITON_INTERPRET=1 while this module runs.  It must be set when the kernels are first
+    imported (``@triton.jit`` reads it then; they are imported lazily, inside the tests), and
+    it is restored afterwards so that other test modules never see the triton backend as
+    available for CPU tensors."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    yield
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+f64 = torch.float64
+BL = 4  # tile length for the tests
+ALL = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "timesteps", "h0")
+
+
+def tri():
+    from lrnnx_kernels import triton as kt
+
+    return kt
+
+
+def make(Bt=1, L=BL + 1, Dm=3, N=2, G=None, dtype=torch.float32, seed=0, D=True, z=True,
+         bias=True, ts=False, h0=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, dtype=f64, generator=g)
+
+    bc = (Bt, L, N) if G is None else (Bt, L, G, N)
+    kw = dict(u=r(Bt, L, Dm), delta=r(Bt, L, Dm) * 0.5 - 1.0,
+              A=-torch.rand(Dm, N, dtype=f64, generator=g) * 2 - 0.02, B=r(*bc), C=r(*bc),
+              D=r(Dm) if D else None, z=r(Bt, L, Dm) if z else None,
+              delta_bias=r(Dm) * 0.1 if bias else None,
+              timesteps=torch.rand(Bt, L, dtype=f64, generator=g) + 0.5 if ts else None,
+              h0=r(Bt, Dm, N) if h0 else None)
+    return {k: (v.to(dtype) if v is not None else None) for k, v in kw.items()}
+
+
+def run(f, kw, method, softplus=True, seed=1, **extra):
+    """(y, h_last, grads of every given input) for a random linear loss of y and h_last."""
+    x = {k: (v.detach().clone().requires_grad_() if v is not None else None)
+         for k, v in kw.items()}
+    y, last = f(**x, delta_softplus=softplus, discretization=method, return_last_state=True,
+                **extra)
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, dtype=f64, generator=g).to(y.dtype)
+    wl = torch.randn(last.shape, dtype=f64, generator=g).to(last.dtype)
+    loss = (y * wy).float().sum() + (last * wl).float().sum()
+    names = [k for k in ALL if x[k] is not None]
+    grads = torch.autograd.grad(loss, [x[k] for k in names])
+    return y, last, dict(zip(names, grads))
+
+
+def compare(kw, method, dtype, softplus=True, **extra):
+    y, last, g = run(tri().selective_scan, kw, method, softplus, block_l=extra.pop("bl", BL),
+                     **extra)
+    ry, rl, rg = run(selective_scan_ref, {k: up(v) for k, v in kw.items()}, method, softplus)
+    assert y.dtype == kw["u"].dtype
+    assert_close(y, ry, dtype, f"{method} y")
+    assert_close(last, rl, dtype, f"{method} h_last")
+    assert set(g) == set(rg)
+    for k in g:
+        assert g[k].dtype == kw[k].dtype and g[k].shape == kw[k].shape, k
+        assert_close(g[k], rg[k], dtype, f"{method} grad {k}")
+
+
+@pytest.mark.parametrize("method", ["mamba", "zoh", "bilinear", "dirac"])
+def test_discretize_tl_equals_torch(method):
+    """The tl formulas (values and the partial derivatives of the fused backward) equal
+    ``lrnnx_kernels.discretize`` in float64, on both sides of zoh's series switch."""
+    from lrnnx_kernels.triton._host import DISC_CODES
+    from lrnnx_kernels.triton._tl import _discretize_test_kernel
+
+    g = torch.Generator().manual_seed(0)
+    dt = torch.cat([torch.rand(40, dtype=f64, generator=g) * 2,
+                    torch.rand(24, dtype=f64, generator=g) * 0.01 + 1e-3])
+    A = -torch.rand(64, dtype=f64, generator=g) * 3 - 1e-3
+    A[::7] = -A[::7]  # a few positive entries
+    out = torch.empty(7, 64, dtype=f64)
+    _discretize_test_kernel[(1,)](dt, A, out, 64, DISC=DISC_CODES[method], BLOCK=64)
+    dtr, Ar = dt.clone().requires_grad_(), A.clone().requires_grad_()
+    abar, scale = discretize(method, Ar, dtr)
+    assert_close(out[0], abar, f64, "A_bar")
+    assert_close(out[1], scale, f64, "B_scale")
+    (ga,) = torch.autograd.grad(abar.sum(), Ar, retain_graph=True)  # = dA_bar/dx * dt
+    assert_close(out[2], ga / dt, f64, "dA_bar/dx")
+    zero = torch.zeros_like(dt)
+    if scale.requires_grad:
+        ds_ddt, ds_dA = torch.autograd.grad(scale.sum(), (dtr, Ar), allow_unused=True)
+    else:  # dirac: a constant scale
+        ds_ddt = ds_dA = None
+    assert_close(out[3] + 1, (zero if ds_ddt is None else ds_ddt) + 1, f64, "dB_scale/ddt")
+    assert_close(out[4] + 1, (zero if ds_dA is None else ds_dA) + 1, f64, "dB_scale/dA")
+    assert out[5].abs().max() == 0 and out[6].abs().max() == 0  # both helpers agree
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_methods_fp64(method):
+    """Every input, float64 end to end: equal to the reference to ~1e-12."""
+    compare(make(dtype=f64, ts=True), method, f64)
+
+
+@pytest.mark.parametrize("L", [BL - 1, BL, BL + 1, 2 * BL + 1])
+def test_lengths_fp32(L):
+    compare(make(L=L, seed=L), "mamba", torch.float32)
+
+
+def test_grouped_bc_timesteps_two_channel_blocks():
+    """G = 2 groups over Dm = 4 channels: two channel blocks, each in its own group."""
+    compare(make(Bt=2, Dm=4, G=2, ts=True, seed=3), "zoh", torch.float32)
+
+
+def test_bare_no_softplus():
+    compare(make(D=False, z=False, bias=False, h0=False, seed=4), "bilinear", torch.float32,
+            softplus=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(dtype):
+    kw = make(dtype=dtype, seed=5)
+    kw["A"] = kw["A"].float()  # the usual mixed-precision setup: fp32 parameters
+    kw["D"] = kw["D"].float()
+    compare(kw, "mamba", dtype)
+
+
+def test_default_tiles_longer_sequence():
+    kw = make(L=40, Dm=2, seed=6)
+    y, last = tri().selective_scan(**kw, delta_softplus=True, return_last_state=True)
+    ry, rl = selective_scan_ref(**{k: up(v) for k, v in kw.items()}, delta_softplus=True,
+                                return_last_state=True)
+    assert_close(y, ry, torch.float32, "y")
+    assert_close(last, rl, torch.float32, "h_last")
+
+
+def test_one_output_gradient_and_no_grad():
+    kw = {k: v for k, v in make(seed=7).items() if v is not None}
+    x = {k: v.clone().requires_grad_() for k, v in kw.items()}
+    r = {k: up(v).requires_grad_() for k, v in kw.items()}
+    # only h_last is used: y's gradient is absent
+    tri().selective_scan(**x, return_last_state=True)[1].sum().backward()
+    selective_scan_ref(**r, return_last_state=True)[1].sum().backward()
+    for k in kw:
+        if r[k].grad is None:  # z and D do not reach h_last
+            assert x[k].grad is None or not x[k].grad.any(), k
+        else:
+            assert_close(x[k].grad, r[k].grad, torch.float32, f"grad {k} (h_last only)")
+    with torch.no_grad():  # no checkpoints stored, same values
+        y = tri().selective_scan(**kw)
+    assert_close(y, selective_scan_ref(**{k: up(v) for k, v in kw.items()}), torch.float32, "y")
+
+
+def test_errors():
+    kw = make()
+    with pytest.raises(TypeError):
+        tri().selective_scan(**{**kw, "A": kw["A"].to(torch.complex64)})
+    with pytest.raises(ValueError):
+        tri().selective_scan(**{**kw, "D": kw["D"][:2]})
+    with pytest.raises(ValueError):
+        tri().selective_scan(**kw, discretization="nope")
+    y, last = tri().selective_scan(**{k: (v[:, :0] if k in ("u", "delta", "z", "B", "C") else v)
+                                      for k, v in kw.items()}, return_last_state=True)
+    assert y.shape == (1, 0, 3) and torch.equal(last, kw["h0"])
+
+
+@pytest.mark.parametrize("method", ["mamba", "zoh"])
+def test_selective_step(method):
+    kw = make(Bt=2, L=1, Dm=4, G=2, ts=True, seed=8)
+    step = {"u_t": kw["u"][:, 0], "delta_t": kw["delta"][:, 0], "A": kw["A"],
+            "B_t": kw["B"][:, 0], "C_t": kw["C"][:, 0], "state": kw["h0"], "D": kw["D"],
+            "z_t": kw["z"][:, 0], "delta_bias": kw["delta_bias"],
+            "timesteps_t": kw["timesteps"][:, 0]}
+    x = {k: v.clone().requires_grad_() for k, v in step.items()}
+    r = {k: up(v).requires_grad_() for k, v in step.items()}
+    y, h = tri().selective_step(**x, delta_softplus=True, discretization=method)
+    ry, rh = selective_step(**r, delta_softplus=True, discretization=method)
+    assert y.dtype == torch.float32 and h.dtype == torch.float32
+    assert_close(y, ry, torch.float32, "y_t")
+    assert_close(h, rh, torch.float32, "state")
+    (y.sum() + h.square().sum()).backward()
+    (ry.sum() + rh.square().sum()).backward()
+    for k in step:
+        assert_close(x[k].grad, r[k].grad, torch.float32, f"step grad {k}")
+
+
+def test_step_loop_equals_scan():
+    kw = make(L=3, ts=True, seed=9)
+    y, last = tri().selective_scan(**kw, delta_softplus=True, return_last_state=True)
+    h = kw["h0"]
+    for t in range(3):
+        yt, h = tri().selective_step(kw["u"][:, t], kw["delta"][:, t], kw["A"], kw["B"][:, t],
+                                     kw["C"][:, t], h, kw["D"], kw["z"][:, t], kw["delta_bias"],
+                                     True, "mamba", kw["timesteps"][:, t])
+        assert (yt - y[:, t]).abs().max() <= TOL[torch.float32] * y.abs().max()
+    assert_close(h, last, torch.float32, "final state")
+    # state=None is the zero state
+    args = (kw["u"][:, 0], kw["delta"][:, 0], kw["A"], kw["B"][:, 0], kw["C"][:, 0], None)
+    y0, s0 = tri().selective_step(*args, discretization="zoh")
+    ry0, rs0 = selective_step(*(up(t) for t in args), discretization="zoh")
+    assert_close(y0, ry0, torch.float32, "y_t from zeros")
+    assert_close(s0, rs0, torch.float32, "state from zeros")
+
+
+def test_custom_op_opcheck():
+    tri()  # registers the ops
+    kw = make(seed=10)
+    args = (kw["u"], kw["delta"], kw["A"], kw["B"].unsqueeze(2), kw["C"].unsqueeze(2), kw["D"],
+            kw["z"], kw["delta_bias"], None, kw["h0"], True, 1, True, BL, 0)
+    torch.library.opcheck(torch.ops.lrnnx.triton_selective_scan_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    kw = {k: v for k, v in make(seed=11).items() if v is not None}
+    kt = tri()
+
+    def f(kw):
+        y, last = kt.selective_scan(**kw, delta_softplus=True, return_last_state=True,
+                                    block_l=BL)
+        y1, h = kt.selective_step(kw["u"][:, 0], kw["delta"][:, 0], kw["A"], kw["B"][:, 0],
+                                  kw["C"][:, 0], last, kw["D"], None, kw["delta_bias"], True)
+        return y.sum() + y1.sum() + h.sum()
+
+    x = {k: v.clone().requires_grad_() for k, v in kw.items()}
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    out.backward()
+    ref = f({k: v.detach() for k, v in kw.items()})
+    assert_close(out, ref, torch.float32, "compiled")
+    assert all(v.grad is not None for v in x.values())
