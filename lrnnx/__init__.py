@@ -57,7 +57,8 @@ _LAZY = {
     "build_model": "lrnnx.build",
     "build_model_from_config": "lrnnx.build",
 }
-_SUBMODULES = {"ops", "testing", "registry", "models", "cli", "build", "errors", "generation"}
+_SUBMODULES = {"ops", "testing", "registry", "models", "cli", "build", "errors", "generation",
+               "distributed"}
 
 __all__ = [
     "__version__", "LrnnxError", "SpecError", "UnknownComponentError", "ConfigError",

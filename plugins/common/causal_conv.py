@@ -6,6 +6,10 @@ The state is the last K-1 inputs, (B, D, K-1), oldest first, so prefill by ``for
 ``step`` equals one ``forward`` over the whole sequence.  Packed varlen input (``cu_seqlens``)
 restarts the window at every sequence start (taps reaching into the previous sequence read zero,
 or that sequence's entry of ``state`` when a per-sequence state is given).
+
+Context parallelism (``lrnnx.distributed.context_parallel``): inside such a block ``forward``
+takes this rank's chunk of the sequence; the window's first K-1 inputs come from the previous
+ranks (``lrnnx.distributed.exchange_halo``) and the returned state is the global final window.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import math
 
 import torch
 from torch import nn
+
+from lrnnx import distributed as _cp
 
 
 def _positions_in_sequence(cu_seqlens: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,12 +59,15 @@ class CausalConv1d(nn.Module):
         """x (B, L, D) -> (y (B, L, D), new state (B or N_seq, D, K-1))."""
         B, L, D = x.shape
         K = self.kernel_size
+        cp_final = None
+        if _cp.active():  # context parallel: the halo (previous ranks' inputs) is the state
+            state, cp_final = _cp.exchange_halo(x, state, K - 1, cu_seqlens=cu_seqlens)
         if cu_seqlens is not None:
             return self._forward_varlen(x, state, cu_seqlens)
         if state is None:
             state = x.new_zeros(B, D, K - 1)
         if L == 0:
-            return x.new_zeros(B, 0, D), state
+            return x.new_zeros(B, 0, D), (state if cp_final is None else cp_final)
         # K shifted multiply-adds in (B, L, D) layout: ~2x faster than F.conv1d's depthwise
         # backward on CPU (measured on Hawk) and no transposes of x.
         full = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, D)
@@ -69,7 +78,7 @@ class CausalConv1d(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         new_state = full[:, full.shape[1] - (K - 1):].transpose(1, 2)
-        return y, new_state
+        return y, (new_state if cp_final is None else cp_final)
 
     def _forward_varlen(self, x, state, cu_seqlens):
         # x is (1, L, D); tap j of token t reads x[t - (K-1-j)] only inside the same sequence.
