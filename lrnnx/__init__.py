@@ -57,7 +57,7 @@ _LAZY = {
     "build_model": "lrnnx.build",
     "build_model_from_config": "lrnnx.build",
 }
-_SUBMODULES = {"ops", "testing", "registry", "models", "cli", "build", "errors", "generation",
+_SUBMODULES = {"ops", "testing", "registry", "models", "cli", "build", "errors", "generation", "bench",
                "distributed"}
 
 __all__ = [
