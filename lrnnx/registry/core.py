@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lrnnx_ssm": "lrnnx_plugins.ssm",
     "lrnnx_recurrent": "lrnnx_plugins.recurrent",
     "lrnnx_mamba": "lrnnx_plugins.mamba",
+    "lrnnx_lti": "lrnnx_plugins.lti",
 }
 
 BUILTIN_DIST = "lrnnx"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from lrnnx.registry.spec import Component
 
@@ -29,7 +30,11 @@ class LRU(SSM):
     Options (defaults: the paper's appendix code): ``d_state`` (P, default 256; the paper tunes
     it per task), ``r_min`` 0, ``r_max`` 1, ``max_phase`` 2 pi (long-range tasks use e.g.
     ``r_min=0.9, r_max=0.999, max_phase=pi/10``), ``complex`` (True; False gives a real
-    LRU with lambda in [r_min, r_max]), ``scan``, ``bidirectional`` (see ``ssm``).
+    LRU with lambda in [r_min, r_max]), ``scan``, ``bidirectional`` (see ``ssm``), ``mode``:
+    ``"scan"`` (the recurrence), ``"conv"`` (the LTI system as a convolution: ``u = gamma B x``
+    is convolved per mode with ``lambda^l`` by FFT and read out, ``y = Re(C h)``; memory like a
+    scan, :mod:`lrnnx_plugins.lti.conv`) or ``"auto"`` (default: the scan, which measured
+    faster than the conv at every length on CPU; ``timesteps`` always scan).
 
     State: ``{"h": (B, d_state)}`` complex.  Event streams: a gap of t steps decays the state
     by ``lambda ** t`` (``timesteps``).
@@ -47,15 +52,16 @@ class LRU(SSM):
 
     def __init__(self, d_model: int, d_state: int = 256, r_min: float = 0.0, r_max: float = 1.0,
                  max_phase: float = 2 * math.pi, complex: bool = True, scan: str = "auto",
-                 bidirectional: bool = False):
+                 bidirectional: bool = False,
+                 mode: Literal["scan", "conv", "auto"] = "auto"):
         param = Component("lru_ring", (("complex", complex), ("r_min", r_min),
                                        ("r_max", r_max), ("max_phase", max_phase)))
         # disc is not used: lru_ring is discrete
         super().__init__(d_model, d_state, param=param, disc="zoh", scan=scan,
-                         bidirectional=bidirectional)
+                         bidirectional=bidirectional, mode=mode)
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, "
                 f"r_max={self.r_max}, max_phase={self.max_phase:.4g}, scan={self.scan!r}, "
-                f"bidirectional={self.bidirectional}")
+                f"mode={self.mode!r}, bidirectional={self.bidirectional}")

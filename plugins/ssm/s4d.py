@@ -19,8 +19,13 @@ class S4D(SSM):
         h_t = e^{\Delta A} h_{t-1} + (e^{\Delta A} - 1) A^{-1} B\, x_t, \qquad
         y_t = 2\,\mathrm{Re}(C h_t) + D x_t
 
-    per channel (SISO, state (H, d_state)), computed as a recurrence (the paper's convolution
-    kernel ``K = 2 Re(C (e^{Delta A} - 1) A^{-1} B e^{l Delta A})`` is the same map).
+    per channel (SISO, state (H, d_state)), computed as a recurrence (``mode="scan"``) or as
+    the paper's convolution with the Vandermonde kernel
+    ``K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l)`` (``mode="conv"``: FFT convolution, the carried
+    state's zero-input response added and the final state by a Vandermonde contraction;
+    :mod:`lrnnx_plugins.lti.conv`); ``mode="auto"`` (default) convolves from
+    ``lrnnx_plugins.lti.conv.AUTO_CONV_MIN_LEN`` = 16 tokens on (the measured crossover);
+    ``timesteps`` always scan.
     = ``ssm(param=s4d_<init>(dt_min, dt_max), disc=zoh)`` (details:
     :mod:`lrnnx_plugins.parameterizations.s4d`).
 
@@ -29,7 +34,7 @@ class S4D(SSM):
     (``A_n = -1/2 + i pi n``, default), ``"inv"`` (``-1/2 + i N/pi (N/(2n+1) - 1)``) or
     ``"real"`` (``-(n+1)``, a real SSM); ``dt_min``, ``dt_max`` (log-uniform step init, 0.001,
     0.1); ``complex`` (None: complex for lin/inv, real for real); ``disc`` (``zoh`` as in the
-    paper, or ``bilinear``); ``scan``; ``bidirectional`` (see ``ssm``).
+    paper, or ``bilinear``); ``scan``; ``bidirectional`` (see ``ssm``); ``mode``.
 
     State: ``{"h": (B, d_model, d_state)}`` (complex unless real).
 
@@ -48,11 +53,12 @@ class S4D(SSM):
                  init: Literal["lin", "inv", "real"] = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, complex: bool | None = None,
                  disc: Ref("discretizer") = "zoh", scan: str = "auto",
-                 bidirectional: bool = False):
+                 bidirectional: bool = False,
+                 mode: Literal["scan", "conv", "auto"] = "auto"):
         param = Component(f"s4d_{init}", (("complex", complex), ("dt_min", dt_min),
                                           ("dt_max", dt_max)))
         super().__init__(d_model, d_state, param=param, disc=disc, scan=scan,
-                         bidirectional=bidirectional)
+                         bidirectional=bidirectional, mode=mode)
         self.init = init
 
     def extra_repr(self) -> str:

@@ -15,8 +15,13 @@ import torch
 from torch import nn
 
 import lrnnx
+from typing import Literal
+
 from lrnnx import Ref
 from lrnnx.errors import BackendUnavailableError, ConfigError, InputError, InputTypeError
+
+from lrnnx_plugins.lti.conv import AUTO_CONV_MIN_LEN, AUTO_CONV_MIN_LEN_MIMO, LTISystem, \
+    check_mode, lti_conv, resolve_mode
 
 from .components import build_discretizer, build_parameterization, check_params, check_scan, \
     traits
@@ -50,7 +55,18 @@ class SSM(lrnnx.Layer):
         disc: a discretizer name (``zoh`` default, ``bilinear``, ``euler``, ``mamba``,
             ``dirac``) or a ``lrnnx.Discretizer``.
         scan: ``"auto"`` or a scan backend name (``lrnnx list scan_backends``), passed to the
-            ops as ``backend=``.
+            ops as ``backend=``; used by scan mode, ``step`` and conv mode's fallbacks.
+        mode: ``"scan"`` (the recurrence), ``"conv"`` (FFT convolution with the materialized
+            kernel ``K_l = s Re(C A_bar^l B_bar)``, :mod:`lrnnx_plugins.lti.conv`) or
+            ``"auto"`` (default: SISO systems convolve from ``AUTO_CONV_MIN_LEN`` = 16 tokens
+            on; MIMO systems always scan, as their state-space convolution measured slower than
+            the scan at every length on CPU; see :mod:`lrnnx_plugins.lti.conv`).  Conv mode needs
+            a time-invariant system: selective parameterizations reject ``mode="conv"``, and a
+            forward with ``timesteps`` (irregular sampling: ``A_bar`` changes per token) runs
+            the scan.  Conv mode carries state (zero-input response of ``h0`` added, final
+            state by a Vandermonde contraction), runs packed varlen sequences one by one with a
+            shared kernel and the reverse direction on time-reversed sequences.  Both modes
+            agree within the float32 / float64 tolerance (tests/test_lti_conv.py).
         bidirectional: add an anti-causal scan (``reverse=True``) with its OWN parameterization
             (same family and options, independent init); outputs are summed, ``D`` is shared.
             A bidirectional layer cannot ``step`` or continue from a state (the backward
@@ -84,7 +100,8 @@ class SSM(lrnnx.Layer):
 
     def __init__(self, d_model: int, d_state: int = 64,
                  param: Ref("parameterization") = "s4d_inv", disc: Ref("discretizer") = "zoh",
-                 scan: str = "auto", bidirectional: bool = False):
+                 scan: str = "auto", bidirectional: bool = False,
+                 mode: Literal["scan", "conv", "auto"] = "auto"):
         super().__init__()
         where = f"layer {self.name!r}"
         for opt, v in (("d_model", d_model), ("d_state", d_state)):
@@ -92,11 +109,16 @@ class SSM(lrnnx.Layer):
                 raise ConfigError(f"{where}: {opt} must be a positive int, got {v!r}.")
         self.d_model, self.d_state, self.bidirectional = d_model, d_state, bool(bidirectional)
         self.scan = check_scan(scan, where)
+        self.mode = check_mode(mode, where)
         self.disc = build_discretizer(disc, where)
         # D first: the input checks compare x's dtype with the first (real) parameter
         self.D = nn.Parameter(torch.randn(d_model))
         self.param = build_parameterization(param, d_model, d_state, where)
         self.structure, self.discrete, self.selective = traits(self.param)
+        if self.selective and self.mode == "conv":
+            raise ConfigError(f"{where}: mode='conv' needs a time-invariant system, but the "
+                              f"parameterization {getattr(self.param, 'name', '')!r} is "
+                              f"selective (input-dependent); use mode='scan' (or 'auto').")
         self.param_rev = None
         if self.bidirectional:
             rev = build_parameterization(param, d_model, d_state, where)
@@ -166,6 +188,9 @@ class SSM(lrnnx.Layer):
         """Outputs (B, L, H) without the skip, and the final flat state, of one direction."""
         Bt, L, H = x.shape
         P = self._params(param, x)
+        min_len = AUTO_CONV_MIN_LEN if self.structure == "siso" else AUTO_CONV_MIN_LEN_MIMO
+        if not self.selective and resolve_mode(self.mode, L, timesteps, min_len) == "conv":
+            return self._conv(P, x, h0, cu_seqlens, reverse)
         method = getattr(self.disc, "method", None)
         if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
                 and not reverse and P.gamma is None:
@@ -185,6 +210,18 @@ class SSM(lrnnx.Layer):
         h, h_last = lrnnx.ops.diag_scan(a, b, h0, reverse=reverse, cu_seqlens=cu_seqlens,
                                         backend=self.scan)
         return readout(P, h, H, self.structure, self.selective), h_last
+
+    def _conv(self, P, x, h0, cu_seqlens, reverse: bool):
+        """Conv mode of one direction (time-invariant parameters): same returns as the scan."""
+        A_bar, scale = transition(P, self.disc, self.structure, self.discrete, False, None)
+        B = P.B
+        if scale is not None:
+            B = scale * B if self.structure == "siso" else scale[..., None] * B
+        system = LTISystem(A_bar, B, P.C, self.structure, 2.0 if P.conj_sym else 1.0)
+        n = h0.shape[0] if h0 is not None else 0
+        h0 = None if h0 is None else h0.reshape(n, *self._state_shape())
+        y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens)
+        return y, h_last.reshape(h_last.shape[0], -1)
 
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         h0 = self._state_in(state, x, cu_seqlens)
@@ -228,4 +265,4 @@ class SSM(lrnnx.Layer):
     def extra_repr(self) -> str:
         disc = getattr(self.disc, "name", type(self.disc).__name__)
         return (f"d_model={self.d_model}, d_state={self.d_state}, disc={disc}, "
-                f"scan={self.scan!r}, bidirectional={self.bidirectional}")
+                f"scan={self.scan!r}, mode={self.mode!r}, bidirectional={self.bidirectional}")

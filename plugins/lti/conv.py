@@ -1,0 +1,353 @@
+r"""Convolution mode of linear time-invariant (LTI) state-space layers.
+
+A discrete LTI system ``h_t = A_bar h_{t-1} + B_bar x_t``, ``y_t = s Re(C h_t)`` (no skip ``D``;
+the layer adds it) maps a sequence to ``y = K * x + y_zi`` with the kernel
+``K_l = s Re(C A_bar^l B_bar)`` and the zero-input response ``y_zi,t = s Re(C A_bar^(t+1) h0)``
+of a carried state ``h0``; the final state is
+``h_L = A_bar^L h0 + sum_l A_bar^(L-1-l) B_bar x_l``.  S4 (Gu et al. 2022,
+https://arxiv.org/abs/2111.00396) and S4D (https://arxiv.org/abs/2206.11893) compute ``K`` once
+and convolve with FFTs, in O(L log L) per channel instead of the L sequential steps of a scan.
+
+Diagonal systems (:class:`LTISystem`, what the ``ssm`` family and S5/LRU discretize to):
+
+* ``siso`` -- every channel h has its own N modes: ``A_bar, B_bar, C`` (H, N), state (B, H, N).
+  ``K`` (H, L) is a *Vandermonde* contraction ``K[h, l] = s Re(sum_n C B_bar A_bar^l)`` and
+  ``y = irfft(rfft(x) rfft(K))`` (real signals, rfft).
+* ``mimo`` -- P modes shared by the H channels: ``A_bar`` (P,), ``B_bar`` (P, H), ``C`` (H, P),
+  state (B, P).  The convolution runs in state space: ``u = B_bar x`` (B, L, P),
+  ``h = (A_bar^l) * u`` by FFT per mode, ``y = s Re(C h)`` -- memory O(B L P) like a scan, where a
+  materialized (H, H, L) kernel would cost O(B H^2 L).
+
+Powers without O(H N L) memory: with ``T = ceil(sqrt(L))`` and ``l = c T + j``,
+``A^l = A^(cT) A^j``, so ``K[h, cT + j] = Re(sum_n (W A^(cT))[h, c, n] A^j[h, n, j])`` is one
+batched matmul of (C, N) by (N, T) per channel: O(H N sqrt(L)) memory (also what autograd keeps),
+O(H N L) flops.  The powers ``A^j``, ``A^(cT)`` are cumulative products in float64 (complex128)
+of the *given* ``A_bar``, rounded once to the working dtype: ``exp(l log A)`` in float32 loses
+``l * eps`` of phase (2e-4 rad at l = 4096), more than the fp32 budget.  Using ``A_bar`` itself
+(not ``exp(dt A)`` recomputed) keeps conv mode on exactly the system the scan runs.
+
+Public API (used by the ``s4``, ``s4d``, ``lru``, ``ssm`` layers and by S5 / Centaurus / LinOSS)::
+
+    MODES = ("scan", "conv", "auto");  AUTO_CONV_MIN_LEN (SISO), AUTO_CONV_MIN_LEN_MIMO
+    check_mode(mode, where) -> mode                      ConfigError unless one of MODES
+    resolve_mode(mode, L, timesteps=None, min_len=AUTO_CONV_MIN_LEN) -> "scan" | "conv"
+    fft_size(n) -> int                                   smallest 2^a 3^b 5^c >= n
+    fft_conv(x, K) -> y                                  causal depthwise conv, real
+    fft_conv_diag(u, A_bar) -> h                         h_t = sum_s A^(t-s) u_s per mode
+    powers(A_bar, L) -> (..., L)                         A^l, l < L
+    vandermonde(A_bar, W, L) -> (G, Q, L)                Re(sum_n W[g,q,n] A[g,n]^l)
+    vandermonde_transpose(A_bar, u) -> (G, Q, N)         sum_l A[g,n]^(L-1-l) u[g,q,l]
+    LTISystem(A_bar, B_bar, C, structure, scale);  .kernel(L) -> (H, L) for siso
+    lti_conv(system, x, h0=None, *, reverse=False, cu_seqlens=None, kernel=None)
+        -> (y (B, L, H), h_last)
+
+Example::
+
+    sys = LTISystem(A_bar, B_bar, C, structure="siso", scale=2.0)     # (H, N) each
+    y, h_last = lti_conv(sys, x)                  # x (B, L, H) -> y (B, L, H), h_last (B, H, N)
+    y2, h2 = lti_conv(sys, x2, h0=h_last)         # continue from the carried state
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lrnnx.errors import ConfigError, InputError
+
+__all__ = ["MODES", "AUTO_CONV_MIN_LEN", "AUTO_CONV_MIN_LEN_MIMO", "check_mode", "resolve_mode",
+           "fft_size", "fft_conv", "fft_conv_diag", "powers", "vandermonde",
+           "vandermonde_transpose", "LTISystem", "lti_conv"]
+
+MODES = ("scan", "conv", "auto")
+
+#: ``mode="auto"`` convolves SISO systems (kernel route) from this many tokens on and scans
+#: shorter ones.  Measured on the 2-core project CPU, forward + backward, B = 8, d_model = 128,
+#: ``s4d`` (N = 32): L = 8: scan 9.5 ms / conv 10.1 ms; L = 16: 9.6 / 7.7; L = 64: 40 / 12.5;
+#: L = 1024: 1640 / 90.
+AUTO_CONV_MIN_LEN = 16
+#: the same for MIMO systems (state-space route): None = never.  Measured for ``lru``
+#: (P = 256): conv is 1.3x - 2.5x slower than the scan at every L from 8 to 1024 (its complex
+#: FFTs over the P modes cost more than the O(L P) scan; e.g. L = 1024: scan 539 / conv 900 ms).
+AUTO_CONV_MIN_LEN_MIMO: int | None = None
+
+
+def check_mode(mode, where: str) -> str:
+    """``mode`` if it is one of :data:`MODES`, else a ConfigError naming ``where``."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ConfigError(f"{where}: option 'mode' must be one of {', '.join(map(repr, MODES))}"
+                          f" (scan: recurrence, conv: FFT convolution with the materialized "
+                          f"kernel, auto: by sequence length), got {mode!r}.")
+    return mode
+
+
+def resolve_mode(mode: str, L: int, timesteps: Tensor | None = None,
+                 min_len: int | None = AUTO_CONV_MIN_LEN) -> str:
+    """The mode one forward runs in: ``"auto"`` convolves when ``L >= min_len`` (None: never).
+    Irregular ``timesteps`` make the system time-varying (a different ``A_bar`` per token), so
+    there is no kernel: they always scan."""
+    if timesteps is not None:
+        return "scan"
+    if mode == "auto":
+        return "conv" if min_len is not None and L >= min_len else "scan"
+    return mode
+
+
+def fft_size(n: int) -> int:
+    """Smallest 5-smooth integer (2^a 3^b 5^c) >= n: a fast FFT length."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+# ------------------------------------------------------------------------------ FFT convolutions
+
+def fft_conv(x: Tensor, K: Tensor) -> Tensor:
+    """Causal depthwise convolution ``y[b, t, h] = sum_{s <= t} K[h, t - s] x[b, s, h]``.
+
+    x (B, L, H) real; K (H, Lk) real (taps beyond L are ignored, missing ones are zero).
+    rfft of length ``fft_size(2L - 1)``: no circular wrap-around.  Returns (B, L, H).
+    """
+    if x.is_complex() or K.is_complex():
+        raise InputError("fft_conv: x and K must be real (use fft_conv_diag for complex "
+                         "state-space convolutions).")
+    L = x.shape[1]
+    n = fft_size(2 * L - 1)
+    Xf = torch.fft.rfft(x, n=n, dim=1)                         # (B, n//2+1, H)
+    Kf = torch.fft.rfft(K[..., :L], n=n, dim=-1)               # (H, n//2+1)
+    return torch.fft.irfft(Xf * Kf.transpose(0, 1), n=n, dim=1)[:, :L]
+
+
+def fft_conv_diag(u: Tensor, A_bar: Tensor, V: Tensor | None = None) -> Tensor:
+    """``h_t = sum_{s <= t} A_bar^(t-s) u_s`` (a diagonal LTI recurrence from h = 0) by FFT.
+
+    u (B, L, P), A_bar (P,) (real or complex); ``V`` optionally the powers (P, >= L).
+    Returns h (B, L, P), complex when either input is.
+    """
+    L = u.shape[1]
+    V = powers(A_bar, L) if V is None else V[:, :L]
+    n = fft_size(2 * L - 1)
+    if not (u.is_complex() or V.is_complex()):
+        return torch.fft.irfft(torch.fft.rfft(u, n=n, dim=1) *
+                               torch.fft.rfft(V, n=n, dim=-1).transpose(0, 1), n=n, dim=1)[:, :L]
+    Uf = torch.fft.fft(u, n=n, dim=1)
+    Vf = torch.fft.fft(V, n=n, dim=-1)
+    return torch.fft.ifft(Uf * Vf.transpose(0, 1), n=n, dim=1)[:, :L]
+
+
+# ------------------------------------------------------------------------------ powers
+
+def _split(L: int) -> tuple[int, int]:
+    T = max(1, math.isqrt(max(L - 1, 0)) + 1)
+    return T, -(-L // T)
+
+
+def _power_table(A_bar: Tensor, T: int, C: int) -> tuple[Tensor, Tensor]:
+    """``(small, big)``: ``A^j`` (..., T) for j < T and ``A^(cT)`` (..., C) for c < C.
+
+    Cumulative products in float64 / complex128, rounded once to A_bar's dtype (see the module
+    docstring for why).  Differentiable.
+    """
+    wide = torch.complex128 if A_bar.is_complex() else torch.float64
+    a = A_bar.to(wide)[..., None]
+    one = torch.ones_like(a)
+    small = torch.cat([one, torch.cumprod(a.expand(*a.shape[:-1], T), -1)], -1)  # A^0..A^T
+    aT = small[..., T:]
+    big = torch.cat([one, torch.cumprod(aT.expand(*aT.shape[:-1], C - 1), -1)], -1) \
+        if C > 1 else one
+    return small[..., :T].to(A_bar.dtype), big.to(A_bar.dtype)
+
+
+def powers(A_bar: Tensor, L: int) -> Tensor:
+    """``A_bar^l`` for l = 0..L-1, shape (*A_bar.shape, L), in A_bar's dtype."""
+    T, C = _split(L)
+    small, big = _power_table(A_bar, T, C)
+    return (big[..., :, None] * small[..., None, :]).flatten(-2)[..., :L]
+
+
+def _re_matmul(W: Tensor, V: Tensor) -> Tensor:
+    """``Re(W @ V)`` with real matmuls only."""
+    if not W.is_complex():
+        return W @ (V.real if V.is_complex() else V)
+    if not V.is_complex():
+        return W.real @ V
+    # Re(W V) = [Re W, Im W] @ [Re V; -Im V]: one real matmul of twice the inner size
+    return torch.cat([W.real, W.imag], -1) @ torch.cat([V.real, -V.imag], -2)
+
+
+def vandermonde(A_bar: Tensor, W: Tensor, L: int) -> Tensor:
+    """``K[g, q, l] = Re(sum_n W[g, q, n] A_bar[g, n]^l)`` for l < L.
+
+    A_bar (G, N), W (G, Q, N), real or complex; returns (G, Q, L) real.  Memory
+    O(G (Q + N) N sqrt(L)) (no (G, N, L) power tensor), flops O(G Q N L).
+    """
+    G, Q, N = W.shape
+    T, C = _split(L)
+    small, big = _power_table(A_bar, T, C)                    # (G, N, T), (G, N, C)
+    Wc = W[:, None] * big.transpose(1, 2)[:, :, None, :]       # (G, C, Q, N)
+    K = _re_matmul(Wc.reshape(G, C * Q, N), small)             # (G, C*Q, T)
+    return K.reshape(G, C, Q, T).permute(0, 2, 1, 3).reshape(G, Q, C * T)[..., :L]
+
+
+def vandermonde_transpose(A_bar: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """``(S, A^L)`` with ``S[g, q, n] = sum_{l < L} A_bar[g, n]^(L-1-l) u[g, q, l]``.
+
+    A_bar (G, N), u (G, Q, L) real; S (G, Q, N) in the promoted dtype, ``A^L`` (G, N).  Used
+    for the final state ``h_L = A^L h0 + B_bar S``.
+    """
+    G, Q, L = u.shape
+    N = A_bar.shape[-1]
+    T, C = _split(L)
+    small, big = _power_table(A_bar, T, C + 1)                # big[..., C] = A^(CT)
+    rev = torch.nn.functional.pad(u.flip(-1), (0, C * T - L))  # rev[r] = u[L-1-r]
+    rev = rev.reshape(G, Q * C, T)
+    sm = small.transpose(1, 2)                                 # (G, T, N)
+    if sm.is_complex():
+        S = torch.complex(rev @ sm.real, rev @ sm.imag) if not rev.is_complex() else rev @ sm
+    else:
+        S = rev.to(torch.promote_types(rev.dtype, sm.dtype)) @ sm
+    S = (S.reshape(G, Q, C, N) * big[:, None, :, :C].transpose(-1, -2)).sum(2)
+    c0, j0 = divmod(L, T)
+    A_L = big[..., c0] * (small[..., j0] if j0 else 1.0)
+    return S, A_L
+
+
+# ------------------------------------------------------------------------------ systems
+
+@dataclass
+class LTISystem:
+    """A discrete diagonal LTI system (see the module docstring for the two structures).
+
+    Attributes:
+        A_bar: siso (H, N) | mimo (P,) discrete transition (real or complex, nonzero).
+        B_bar: siso (H, N) | mimo (P, H) discrete input matrix (discretizer scale and any
+            normalization such as LRU's gamma already applied).
+        C: siso (H, N) | mimo (H, P) output matrix.
+        structure: ``"siso"`` or ``"mimo"``.
+        scale: output multiplier ``s`` (2.0 for conjugate-symmetric systems).
+    """
+
+    A_bar: Tensor
+    B_bar: Tensor
+    C: Tensor
+    structure: str = "siso"
+    scale: float = 1.0
+
+    def kernel(self, L: int) -> Tensor:
+        """The SISO convolution kernel ``K[h, l] = s Re(sum_n C B_bar A_bar^l)``, (H, L) real."""
+        if self.structure != "siso":
+            raise ConfigError("LTISystem.kernel: only SISO systems have an (H, L) kernel; MIMO "
+                              "systems convolve in state space (lti_conv does this).")
+        W = (self.scale * self.C * self.B_bar)[:, None, :]       # (H, 1, N)
+        return vandermonde(self.A_bar, W, L)[:, 0]
+
+    def state_shape(self, H: int) -> tuple[int, ...]:
+        return tuple(self.A_bar.shape)
+
+
+def _siso(sys: LTISystem, x: Tensor, h0: Tensor | None, K: Tensor) -> tuple[Tensor, Tensor]:
+    L = x.shape[1]
+    y = fft_conv(x, K)
+    u = x.permute(2, 0, 1)                                       # (H, B, L)
+    S, A_L = vandermonde_transpose(sys.A_bar, u)                 # (H, B, N), (H, N)
+    h_last = (sys.B_bar[:, None, :] * S).transpose(0, 1)         # (B, H, N)
+    if h0 is not None:
+        # zero-input response s Re(C A^(t+1) h0): a Vandermonde with one row per batch element
+        W = (sys.scale * sys.C * sys.A_bar)[:, None, :] * h0.transpose(0, 1)   # (H, B, N)
+        y = y + vandermonde(sys.A_bar, W, L).permute(1, 2, 0)
+        h_last = h_last + A_L * h0
+    return y, h_last
+
+
+def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor) -> tuple[Tensor, Tensor]:
+    L = x.shape[1]
+    Bm = sys.B_bar.transpose(0, 1)                               # (H, P)
+    u = torch.complex(x @ Bm.real, x @ Bm.imag) if Bm.is_complex() else x @ Bm
+    h = fft_conv_diag(u, sys.A_bar, V)                           # (B, L, P)
+    if h0 is not None:
+        h = h + (V[:, :L] * sys.A_bar[:, None]).transpose(0, 1)[None] * h0[:, None, :]
+    C = sys.C
+    if h.is_complex():
+        y = h.real @ C.real.transpose(0, 1)
+        if C.is_complex():
+            y = y - h.imag @ C.imag.transpose(0, 1)
+    else:
+        y = h @ (C.real if C.is_complex() else C).transpose(0, 1)
+    return sys.scale * y, h[:, -1]
+
+
+def _run(sys, x, h0, pre, reverse):
+    if reverse:
+        x = x.flip(1)
+    fn = _siso if sys.structure == "siso" else _mimo
+    y, h_last = fn(sys, x, h0, pre)
+    return (y.flip(1) if reverse else y), h_last
+
+
+def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bool = False,
+             cu_seqlens: Tensor | None = None, kernel: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
+    """Run ``sys`` over x by FFT convolution: the outputs and final state of the recurrence.
+
+    Args:
+        sys: the discrete system (:class:`LTISystem`).
+        x: (B, L, H) real input (float16 / bfloat16 are computed in float32).
+        h0: carried state, siso (B, H, N) | mimo (B, P), or one row per packed sequence with
+            ``cu_seqlens``; None means zeros.
+        reverse: the anti-causal direction ``h_t = A h_{t+1} + B x_t`` (run on each sequence
+            reversed in time); ``h_last`` is then the state after t = 0.
+        cu_seqlens: packed sequences (B == 1, offsets ``[0, l1, l1+l2, ..., L]``): each one is
+            convolved on its own, with one kernel generated for the longest.
+        kernel: a precomputed siso kernel (H, >= L) or mimo powers (P, >= L) to reuse.
+
+    Returns:
+        ``(y, h_last)``: y (B, L, H) without the skip ``D``; h_last shaped like h0 (per packed
+        sequence with ``cu_seqlens``; an empty sequence keeps its h0 or zeros).
+    """
+    if sys.structure not in ("siso", "mimo"):
+        raise ConfigError(f"lti_conv: structure must be 'siso' or 'mimo', got "
+                          f"{sys.structure!r}.")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # FFTs need float32 at least (half-precision FFTs exist only for powers of two on GPU)
+        x = x.float()
+        sys = LTISystem(*(t.to(torch.complex64 if t.is_complex() else
+                               torch.promote_types(t.dtype, torch.float32))
+                          for t in (sys.A_bar, sys.B_bar, sys.C)), sys.structure, sys.scale)
+    if cu_seqlens is None:
+        lengths, Lmax = None, x.shape[1]
+    else:
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+        lengths = list(zip(bounds, bounds[1:]))
+        Lmax = max([b - a for a, b in lengths], default=0)
+    if kernel is None and Lmax > 0:
+        kernel = sys.kernel(Lmax) if sys.structure == "siso" else powers(sys.A_bar, Lmax)
+    if lengths is None:
+        return _run(sys, x, h0, kernel, reverse)
+    ys, finals = [], []
+    shape = tuple(sys.A_bar.shape)
+    sdt = torch.promote_types(torch.promote_types(sys.A_bar.dtype, sys.B_bar.dtype), x.dtype)
+    if h0 is not None:
+        sdt = torch.promote_types(sdt, h0.dtype)
+    for i, (a, b) in enumerate(lengths):
+        hi = None if h0 is None else h0[i:i + 1]
+        if a == b:  # an empty sequence keeps its state
+            finals.append(hi.to(sdt) if hi is not None else x.new_zeros((1, *shape), dtype=sdt))
+            continue
+        y_i, h_i = _run(sys, x[:, a:b], hi, kernel, reverse)
+        ys.append(y_i)
+        finals.append(h_i.to(sdt))
+    y = torch.cat(ys, 1) if ys else x.new_zeros(x.shape)
+    h_last = torch.cat(finals, 0) if finals else x.new_zeros((0, *shape), dtype=sdt)
+    return y, h_last
