@@ -14,12 +14,18 @@ from lrnnx.models import LM, LRNNLM
 V, D = 40, 16
 #: recurrent layers of the brief; those registered (with step) join the test specs
 LRNN_CANDIDATES = ("s4d", "lru", "ssm", "mamba", "mamba2", "rglru", "hawk", "mingru", "minlstm",
-                   "s5", "s7")
+                   "s4", "s5", "s7", "centaurus", "linoss")
+
+
+def _term(name: str) -> str:
+    """The layer with its smallest valid options (``test_kwargs``), e.g. mamba2(headdim=4)."""
+    kw = getattr(lrnnx.get_layer(name), "test_kwargs", {})
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kw.items())})" if kw else name
 
 
 def _lrnn_layers() -> list[str]:
     names = lrnnx.list_layers()
-    return [n for n in LRNN_CANDIDATES
+    return [_term(n) for n in LRNN_CANDIDATES
             if n in names and "step" in lrnnx.get_layer(n).capabilities]
 
 

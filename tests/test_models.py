@@ -195,7 +195,11 @@ def test_unet_is_causal():
     y = net(x)
     for t in (0, 3, 7, 12, 19):
         (g,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
-        assert (g[0, t + 1:] == 0).all(), f"output {t} depends on later inputs"
+        # FFT-convolution mode (lru/s4d default "auto") leaves round-off of ~1e-17 (float64)
+        # on later positions, measured; a real dependence would be O(max |g|).
+        later = g[0, t + 1:]
+        assert later.numel() == 0 or later.abs().max() <= 1e-12 * g.abs().max(), \
+            f"output {t} depends on later inputs"
         assert g[0, : t + 1].abs().max() > 0
     # a prefix gives the prefix of the output (padding on the right cannot leak back)
     with torch.no_grad():
