@@ -12,6 +12,11 @@ Backward (one fused reverse pass, PyTorch conjugate convention)::
     g_t = grad_h_t + conj(a_{t+1}) g_{t+1}   (seeded with grad of h_last)
     grad_b_t = g_t,  grad_a_t = g_t conj(h_{t-1}),  grad_h0 = conj(a_0) g_0
 
+Outputs of 4 MiB and more are allocated 2 MiB-aligned with MADV_HUGEPAGE and,
+when PyTorch frees them, kept in a small cache (``$LRNNX_CPU_POOL_MB``,
+default 256 MiB, resident) for the next output of the same size: on small
+machines page-faulting a fresh output costs as much as the scan itself.
+
 Nothing is compiled at import.  The first call (or :func:`cpu_available`)
 builds the extension with ``torch.utils.cpp_extension.load`` (ninja,
 ``-O3 -march=native -fopenmp``) into

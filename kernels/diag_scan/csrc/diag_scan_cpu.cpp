@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <vector>
 
@@ -31,23 +33,68 @@
 
 namespace {
 
-// Output allocation. A fresh multi-MB tensor is page-faulted in 4 KiB pages
-// on first touch, which on small machines costs as much as the scan itself
-// (~1 us per page). Large outputs are therefore allocated 2 MiB-aligned with
-// MADV_HUGEPAGE, so transparent huge pages (THP "madvise" mode, the common
-// default) back them with 512x fewer faults. Falls back to at::empty.
+// Output allocation. A fresh multi-MB tensor is page-faulted on first touch
+// (the kernel zeroes every page), which on small machines costs as much as
+// the scan itself. Large outputs therefore come from a small cache of
+// 2 MiB-aligned, MADV_HUGEPAGE blocks: a block freed by PyTorch goes back to
+// the cache (up to $LRNNX_CPU_POOL_MB, default 256 MiB, kept resident) and
+// the next output of the same size reuses it without any page fault. This is
+// what a caching allocator does; PyTorch has none for CPU tensors.
+constexpr size_t kHuge = size_t(2) << 20;
+
+struct BlockCache {
+  std::mutex mu;
+  std::unordered_multimap<size_t, void*> blocks;  // length -> free block
+  size_t cached = 0;
+  size_t cap = 0;
+
+  BlockCache() {
+    const char* env = std::getenv("LRNNX_CPU_POOL_MB");
+    cap = (env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t(256)) << 20;
+  }
+  void* get(size_t len) {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = blocks.find(len);
+    if (it == blocks.end()) return nullptr;
+    void* p = it->second;
+    blocks.erase(it);
+    cached -= len;
+    return p;
+  }
+  void put(void* p, size_t len) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (cached + len <= cap) {
+        blocks.emplace(len, p);
+        cached += len;
+        return;
+      }
+    }
+    std::free(p);
+  }
+};
+
+// Leaked on purpose: blocks may be returned by tensors destroyed at exit.
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache();
+  return *c;
+}
+
 at::Tensor empty_out(at::IntArrayRef sizes, const at::TensorOptions& opt) {
-#ifdef __linux__
-  constexpr size_t kHuge = size_t(2) << 20;
   const size_t nbytes = static_cast<size_t>(c10::multiply_integers(sizes)) * opt.dtype().itemsize();
-  if (nbytes >= 4 * kHuge) {
+  if (nbytes >= 2 * kHuge) {
     const size_t len = (nbytes + kHuge - 1) / kHuge * kHuge;
-    if (void* p = std::aligned_alloc(kHuge, len)) {
-      madvise(p, len, MADV_HUGEPAGE);
-      return at::from_blob(p, sizes, [](void* q) { std::free(q); }, opt);
+    void* p = block_cache().get(len);
+    if (!p) {
+      p = std::aligned_alloc(kHuge, len);
+#ifdef __linux__
+      if (p) madvise(p, len, MADV_HUGEPAGE);
+#endif
+    }
+    if (p) {
+      return at::from_blob(p, sizes, [len](void* q) { block_cache().put(q, len); }, opt);
     }
   }
-#endif
   return at::empty(sizes, opt);
 }
 
@@ -80,6 +127,18 @@ struct Layout {
   }
 };
 
+// Software prefetch kPrefetchRows time steps ahead: each step touches one
+// short run of every stream (a, b, h), too little for the hardware
+// prefetchers to ramp up on their own.
+constexpr int64_t kPrefetchRows = 6;
+
+// Prefetch one row run of n scalars for reading (rw = 0) or writing (rw = 1).
+template <int RW, typename T>
+inline void prefetch(const T* p, int64_t n) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t i = 0; i < n; i += kLine) __builtin_prefetch(p + i, RW, 3);
+}
+
 // Position of the k-th token of [t0, t1) in scan order.
 inline int64_t pos(int64_t k, int64_t t0, int64_t t1, bool reverse) {
   return reverse ? t1 - 1 - k : t0 + k;
@@ -101,11 +160,17 @@ void fwd_real(const Layout& lay, const T* a, const T* b, const T* h0, T* h,
     T* ph = h + batch * L * D + d0;
     T acc[kBlock];
     for (int64_t i = 0; i < n; ++i) acc[i] = h0 ? h0[s * D + d0 + i] : T(0);
+    const int64_t pf = (reverse ? -kPrefetchRows : kPrefetchRows) * D;
     for (int64_t k = 0; k < t1 - t0; ++k) {
       const int64_t o = pos(k, t0, t1, reverse) * D;
       const T* ar = pa + o;
       const T* br = pb + o;
       T* hr = ph + o;
+      if (k + kPrefetchRows < t1 - t0) {
+        prefetch<0>(ar + pf, n);
+        prefetch<0>(br + pf, n);
+        prefetch<1>(hr + pf, n);
+      }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         acc[i] = ar[i] * acc[i] + br[i];
@@ -134,6 +199,8 @@ void bwd_real(const Layout& lay, const T* a, const T* h, const T* h0,
       g[i] = ghlast ? ghlast[s * D + d0 + i] : T(0);
       hinit[i] = h0 ? h0[s * D + d0 + i] : T(0);
     }
+    // Walks the scan order backwards: rows ahead are at -pf.
+    const int64_t pf = (reverse ? -kPrefetchRows : kPrefetchRows) * D;
     for (int64_t k = t1 - t0 - 1; k >= 0; --k) {
       const int64_t o = pos(k, t0, t1, reverse) * D;
       // State that a_t multiplied in the forward pass.
@@ -142,6 +209,13 @@ void bwd_real(const Layout& lay, const T* a, const T* h, const T* h0,
       const T* ghr = gh + off + o;
       T* gar = ga + off + o;
       T* gbr = gb + off + o;
+      if (k - kPrefetchRows > 0) {
+        prefetch<0>(ar - pf, n);
+        prefetch<0>(ghr - pf, n);
+        prefetch<0>(hp - pf, n);
+        prefetch<1>(gar - pf, n);
+        prefetch<1>(gbr - pf, n);
+      }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         const T gi = ghr[i] + g[i];
@@ -174,11 +248,17 @@ void fwd_cplx(const Layout& lay, const T* a, const T* b, const T* h0, T* h,
       re[i] = h0 ? h0[2 * (s * D + d0 + i)] : T(0);
       im[i] = h0 ? h0[2 * (s * D + d0 + i) + 1] : T(0);
     }
+    const int64_t pf = 2 * (reverse ? -kPrefetchRows : kPrefetchRows) * D;
     for (int64_t k = 0; k < t1 - t0; ++k) {
       const int64_t o = 2 * pos(k, t0, t1, reverse) * D;
       const T* ar = pa + o;
       const T* br = pb + o;
       T* hr = ph + o;
+      if (k + kPrefetchRows < t1 - t0) {
+        prefetch<0>(ar + pf, 2 * n);
+        prefetch<0>(br + pf, 2 * n);
+        prefetch<1>(hr + pf, 2 * n);
+      }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         const T xr = ar[2 * i], xi = ar[2 * i + 1];
@@ -218,6 +298,7 @@ void bwd_cplx(const Layout& lay, const T* a, const T* h, const T* h0,
       hinit[2 * i] = h0 ? h0[j] : T(0);
       hinit[2 * i + 1] = h0 ? h0[j + 1] : T(0);
     }
+    const int64_t pf = 2 * (reverse ? -kPrefetchRows : kPrefetchRows) * D;
     for (int64_t k = t1 - t0 - 1; k >= 0; --k) {
       const int64_t o = 2 * pos(k, t0, t1, reverse) * D;
       const T* hp = k == 0 ? hinit : h + off + 2 * pos(k - 1, t0, t1, reverse) * D;
@@ -225,6 +306,13 @@ void bwd_cplx(const Layout& lay, const T* a, const T* h, const T* h0,
       const T* ghr = gh + off + o;
       T* gar = ga + off + o;
       T* gbr = gb + off + o;
+      if (k - kPrefetchRows > 0) {
+        prefetch<0>(ar - pf, 2 * n);
+        prefetch<0>(ghr - pf, 2 * n);
+        prefetch<0>(hp - pf, 2 * n);
+        prefetch<1>(gar - pf, 2 * n);
+        prefetch<1>(gbr - pf, 2 * n);
+      }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         const T gr = ghr[2 * i] + gre[i], gi = ghr[2 * i + 1] + gim[i];
