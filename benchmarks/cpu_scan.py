@@ -196,7 +196,7 @@ def main():
     if args.note:
         header.append(f"- note: {args.note}")
     header.append("")
-    section = "\n".join(header) + table + "\n" + END + "\n"
+    section = "\n".join(header) + "\n" + table + "\n" + END + "\n"
     path = ROOT / "benchmarks" / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
     if BEGIN in text and END in text:

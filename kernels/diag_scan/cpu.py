@@ -63,7 +63,8 @@ def _cache_root() -> Path:
 def _build_once(flags: list[str]):
     from torch.utils import cpp_extension
 
-    src = _SOURCE.read_bytes()
+    # Key on every file of csrc/ (the .cpp and the headers it includes).
+    src = b"".join(f.read_bytes() for f in sorted(_SOURCE.parent.iterdir()) if f.is_file())
     tag = f"{flags}|{platform.machine()}|{_cpu_model()}".encode()
     key = hashlib.sha256(src + tag).hexdigest()[:16]
     build_dir = _cache_root() / f"{torch.__version__}-{key}"
