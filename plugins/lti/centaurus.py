@@ -69,6 +69,7 @@ from lrnnx_plugins.ssm.components import build_discretizer, check_scan
 
 from .conv import (LTISystem, check_mode, fft_size, lti_conv, resolve_mode, vandermonde,
                    vandermonde_transpose)
+from .precision import full_precision
 
 
 def kernel_first(batch: int, channels_in: int, channels_out: int, ssm_channels: int) -> bool:
@@ -347,6 +348,7 @@ class Centaurus(lrnnx.Layer):
         y = torch.cat(ys, 1) if ys else x.new_zeros(x.shape)
         return y, (torch.cat(finals, 0) if need and finals else None)
 
+    @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         h0 = self._state_in(state, x, cu_seqlens)
         y, h_last = self._direction(self.core, x, h0, timesteps, cu_seqlens, False,
@@ -361,6 +363,7 @@ class Centaurus(lrnnx.Layer):
             h_last = self.init_state(0, x.device, x.dtype)["h"]
         return y, {"h": h_last.to(_complex_of(x.dtype))}
 
+    @full_precision
     def step(self, x_t, state, timesteps=None):
         """One token: x_t (B, d_model), state {"h": (B, *state)} -> (y_t, new state).
         ``timesteps`` (B,) optionally gives the gap since the previous token."""

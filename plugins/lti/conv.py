@@ -303,7 +303,9 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
 
     Args:
         sys: the discrete system (:class:`LTISystem`).
-        x: (B, L, H) real input (float16 / bfloat16 are computed in float32).
+        x: (B, L, H) real input (float16 / bfloat16 are computed in float32; so is
+            everything under ``torch.autocast``, which is disabled here: the Vandermonde
+            matmuls and complex products need float32, see :mod:`lrnnx_plugins.lti.precision`).
         h0: carried state, siso (B, H, N) | mimo (B, P), or one row per packed sequence with
             ``cu_seqlens``; None means zeros.
         reverse: the anti-causal direction ``h_t = A h_{t+1} + B x_t`` (run on each sequence
@@ -319,6 +321,9 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
     if sys.structure not in ("siso", "mimo"):
         raise ConfigError(f"lti_conv: structure must be 'siso' or 'mimo', got "
                           f"{sys.structure!r}.")
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return lti_conv(sys, x, h0, reverse=reverse, cu_seqlens=cu_seqlens, kernel=kernel)
     if x.dtype in (torch.float16, torch.bfloat16):
         # FFTs need float32 at least (half-precision FFTs exist only for powers of two on GPU)
         x = x.float()

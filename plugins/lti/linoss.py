@@ -65,6 +65,7 @@ from lrnnx.errors import ConfigError, InputError, InputTypeError
 from lrnnx_plugins.ssm.components import check_scan
 
 from .conv import check_mode, fft_conv_diag, powers
+from .precision import full_precision
 
 
 def _complex_of(dtype: torch.dtype) -> torch.dtype:
@@ -343,6 +344,7 @@ class LinOSS(lrnnx.Layer):
             y, last = scan_oscillators(s, u, x0, reverse, cu_seqlens, self.scan)
         return osc.readout(y), last
 
+    @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         x0 = self._state_in(state, x, cu_seqlens)
         # auto = scan: the convolution runs in state space (2P complex channels, O(log L) more
@@ -356,6 +358,7 @@ class LinOSS(lrnnx.Layer):
         y = (y + self.D * x).to(x.dtype)
         return (y, {"h": last}) if return_state else y
 
+    @full_precision
     def step(self, x_t, state):
         """One token: x_t (B, d_model), state {"h": (B, 2, P)} -> (y_t, new state)."""
         if self.bidirectional:

@@ -16,6 +16,7 @@ from lrnnx_plugins.parameterizations.base import as_complex, check_dt_range, com
 from . import dplr
 from .conv import check_mode, fft_conv, resolve_mode
 from .hippo import nplr
+from .precision import full_precision
 
 
 class S4(lrnnx.Layer):
@@ -210,6 +211,7 @@ class S4(lrnnx.Layer):
                 finals.append(dplr.final_state(s, xi, x0))
         return ys, finals
 
+    @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         Bt, L, H = x.shape
         n = Bt if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -257,6 +259,7 @@ class S4(lrnnx.Layer):
                             self.init_state(1, x.device, x.dtype)["h"])
         return y, {"h": torch.cat(rows, 0) if cu_seqlens is not None else rows[0]}
 
+    @full_precision
     def step(self, x_t, state, timesteps=None):
         """One token: x_t (B, d_model), state {"h": (B, d_model, d_state)} -> (y_t, state).
 

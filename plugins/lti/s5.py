@@ -44,6 +44,8 @@ from lrnnx.registry.spec import Component
 from lrnnx_plugins.ssm.recurrence import decay_term, input_term, readout, transition
 from lrnnx_plugins.ssm.ssm import SSM
 
+from .precision import full_precision
+
 
 class S5(SSM):
     r"""S5 (Smith et al. 2023, https://arxiv.org/abs/2208.04933): MIMO diagonal SSM with the
@@ -117,6 +119,7 @@ class S5(SSM):
                                         backend=self.scan)
         return readout(P, h, H, "mimo", False), h_last
 
+    @full_precision
     def step(self, x_t, state, timesteps=None):
         """One event/token: x_t (B, d_model), state {"h": (B, d_state)} -> (y_t, new state).
 

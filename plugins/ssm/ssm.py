@@ -22,6 +22,7 @@ from lrnnx.errors import BackendUnavailableError, ConfigError, InputError, Input
 
 from lrnnx_plugins.lti.conv import AUTO_CONV_MIN_LEN, AUTO_CONV_MIN_LEN_MIMO, LTISystem, \
     check_mode, lti_conv, resolve_mode
+from lrnnx_plugins.lti.precision import full_precision, state_dtype
 
 from .components import build_discretizer, build_parameterization, check_params, check_scan, \
     traits
@@ -74,6 +75,11 @@ class SSM(lrnnx.Layer):
             direction's final state, for inspection.
 
     The skip ``D`` (H,) is ``N(0, 1)``-initialized (S4D, S5 and LRU all do so).
+
+    Precision: the layer computes in float32 (float64 stays float64) under ``torch.autocast``
+    and with bfloat16 / float16 parameters or inputs (:mod:`lrnnx_plugins.lti.precision`:
+    complex parameters, discretization, scan and FFT convolution have no safe half-precision
+    form); the output has x's dtype, the state stays float32 / complex64.
 
     State: ``{"h": (B, H, d_state)}`` (SISO) or ``{"h": (B, d_state)}`` (MIMO), complex for
     complex parameterizations.  ``timesteps`` (B, L) scale the step (``dt_eff = dt * t``; for a
@@ -140,11 +146,8 @@ class SSM(lrnnx.Layer):
 
     def init_state(self, batch_size: int, device=None, dtype=None):
         device = self.D.device if device is None else device
-        dtype = self.D.dtype if dtype is None else dtype
-        if dtype.is_complex:
-            dtype = dtype.to_real()
-        if self._state_is_complex():
-            dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        # float32 for half precision too: the dynamics run in float32 (lti.precision)
+        dtype = state_dtype(self.D.dtype if dtype is None else dtype, self._state_is_complex())
         return {"h": torch.zeros(batch_size, *self._state_shape(), device=device, dtype=dtype)}
 
     def _state_in(self, state, x: torch.Tensor, cu_seqlens) -> torch.Tensor | None:
@@ -223,6 +226,7 @@ class SSM(lrnnx.Layer):
         y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens)
         return y, h_last.reshape(h_last.shape[0], -1)
 
+    @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         h0 = self._state_in(state, x, cu_seqlens)
         y, h_last = self._direction(self.param, x, h0, timesteps, cu_seqlens, reverse=False)
@@ -235,6 +239,7 @@ class SSM(lrnnx.Layer):
             return y
         return y, {"h": h_last.reshape(h_last.shape[0], *self._state_shape())}
 
+    @full_precision
     def step(self, x_t, state, timesteps=None):
         """One token: x_t (B, d_model), state {"h": ...} -> (y_t (B, d_model), new state).
 
