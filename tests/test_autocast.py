@@ -125,7 +125,7 @@ def run(layer, x, dy, autocast: bool):
     """(y, grad x, {param name: grad}) of ``(layer(x) * dy).sum()``."""
     x = x.detach().clone().requires_grad_()
     layer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=BF16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=BF16, enabled=autocast):
         y = layer(x)
     (y.float() * dy.float()).sum().backward()
     grads = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
@@ -140,11 +140,12 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return err / scale if scale > 0 else err
 
 
-def errors(name: str, options: dict, case: str, seed: int = 0) -> dict:
+def errors(name: str, options: dict, case: str, seed: int = 0, device: str = "cpu") -> dict:
     """Errors of one layer in one case ('autocast', 'autocast_bf16_x', 'bf16_params') against
     the float32 run; also checks finiteness and dtypes (AssertionError)."""
     layer, d = build(name, options, seed)
     x, dy = inputs(d, seed + 1)
+    layer, x, dy = layer.to(device), x.to(device), dy.to(device)
     # the reference is float32 arithmetic on what the bf16 run gets: bf16-rounded inputs (and
     # parameters), so that only the arithmetic is compared -- rounding the parameters changes
     # the model itself (e.g. S5's gradient wrt Re(Lambda), a small real part of complex terms
@@ -290,3 +291,24 @@ def test_half_precision_state_dtype():
         assert st["h"].dtype == want, spec
         y, st2 = layer(torch.randn(2, 5, 4, dtype=BF16), state=st, return_state=True)
         assert y.dtype == BF16 and st2["h"].dtype == want, spec
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, options", SUBJECTS)
+@pytest.mark.parametrize("case", ["autocast", "autocast_bf16_x", "bf16_params"])
+def test_cuda_bf16(name, options, case):
+    """The same checks under CUDA autocast (its op lists differ from the CPU's) and with bf16
+    parameters on the GPU; bounds as on the CPU (TF32 off so that the float32 reference is
+    float32)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        e = errors(name, options, case, device="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    tol = {"y": TOL_Y, "gx": TOL_GRAD_X, "gp": TOL_GRAD_P, **LOOSER.get(name, {})}
+    assert all(e[k] <= tol[k] for k in tol), f"{name}({options}) {case} on cuda: {e}"
+    if name in FP32_DYNAMICS and case == "autocast":
+        # float32 on both sides, but a GPU reduction order may differ between two runs
+        assert e["y"] <= 1e-5 and e["gx"] <= 1e-5, e
