@@ -286,11 +286,14 @@ def test_peer_adapters_agree_with_lrnnx(fake_peers, name, tol):
     rows = {r["impl"]: r for r in wd["rows"]}
     expected = {"diag_scan": ["lrnnx (torch)", "accelerated_scan.complex" if "complex" in name
                               else "accelerated_scan.scalar"],
-                "selective_scan": ["lrnnx (torch)", "mamba_ssm.selective_scan_fn"]}
+                "selective_scan": ["lrnnx (torch)", "mamba_ssm.selective_scan_fn",
+                                   "published lrnnx.selective_scan_fn"]}
     want = expected[name.split()[0]] + (["fla.chunk_hgrn", "fla.fused_recurrent_hgrn"]
                                         if name in ("diag_scan float32", "diag_scan bfloat16")
                                         else [])
     assert list(rows) == want
+    assert rows.pop("published lrnnx.selective_scan_fn", {"status": "not installed"})["status"] \
+        == "not installed"  # its rows: tests/test_bench_published.py
     for r in rows.values():
         assert r["status"] == "ok", r
         assert r["check_vs"] == "lrnnx (torch)" and r["check_rel_diff"] <= tol, r

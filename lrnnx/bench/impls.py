@@ -10,10 +10,21 @@ require grad), then runs::
 
 Rows: ``lrnnx (triton)``, ``lrnnx (torch)`` on every workload; diag: ``accelerated_scan.scalar``
 (real) or ``accelerated_scan.complex``, ``fla.chunk_hgrn`` and ``fla.fused_recurrent_hgrn``
-(real); selective: ``mamba_ssm.selective_scan_fn``; layer ``mamba``: ``mamba_ssm.Mamba``.
+(real); selective: ``mamba_ssm.selective_scan_fn`` and ``published lrnnx.selective_scan_fn``;
+layer ``mamba``: ``mamba_ssm.Mamba``; every layer: ``published lrnnx`` (the reference), and for
+``s5`` also ``published lrnnx (ltv.S5, scan)``.
+
+The published lrnnx rows are measured in a child process (:class:`.peers.PublishedWorker`: the
+published package shares this checkout's import name): such an :class:`Impl` has ``external``,
+which ``suite.run_impl`` calls with the row instead of timing ``forward`` here; it fills the row
+from the child's JSON answer (same inputs, same :func:`.timing.measure` settings) and checks the
+selective scan's output against the workload's first row.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +61,9 @@ class Impl:
     peer: str | None = None
     why: str = ""  # non-empty: the row cannot run ("not installed", "n/a: ...")
     grad_keys: tuple[str, ...] = field(default=())
+    #: measured elsewhere: ``external(w, row, device, opts, deadline, check) -> row`` fills the
+    #: row (status, note, fwd/fwd_bwd, ms, check) itself; ``suite.run_impl`` hands it over
+    external: Callable[..., dict[str, Any]] | None = None
 
     def leaves(self, args: Args) -> list[torch.Tensor]:
         out = [args[k] for k in self.grad_keys]
@@ -151,7 +165,8 @@ def _selective_impls(w: Workload, device: torch.device) -> list[Impl]:
         forward=lambda a: fn(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"],
                              a["delta_bias"], True),
         common=_t)
-    return [lrnnx_impl(b) for b in LRNNX_BACKENDS] + [peer]
+    return [lrnnx_impl(b) for b in LRNNX_BACKENDS] + [peer,
+                                                      _published_impl(w, device, PUBLISHED_SCAN)]
 
 
 # ---------------------------------------------------------------------------------- layers
@@ -200,9 +215,98 @@ def _layer_impls(w: Workload, device: torch.device) -> list[Impl]:
         out.append(Impl("mamba_ssm.Mamba", peer="mamba_ssm", why=why, grad_keys=("x",),
                         prepare=prepare, forward=lambda a: a["module"](a["x"]),
                         common=lambda out: None))  # other weights: no agreement check
-    out.append(Impl(REF_LAYER, peer="lrnnx", why=peers.NOT_INSTALLED, prepare=dict,
-                    forward=lambda a: None))
+    out.append(_published_impl(w, device, REF_LAYER))
+    if f"{w.layer}:scan" in peers.PUBLISHED_LAYERS:
+        out.append(_published_impl(w, device, PUBLISHED_S5_SCAN, variant="scan"))
     return out
+
+
+# ------------------------------------------------------------------------ published lrnnx
+
+PUBLISHED_SCAN = f"{peers.PUBLISHED_LRNNX}.selective_scan_fn"
+PUBLISHED_S5_SCAN = f"{peers.PUBLISHED_LRNNX} (ltv.S5, scan)"
+NO_HOOK = ("this suite.run_impl does not hand rows to Impl.external: the published lrnnx is "
+           "timed in a child process and needs that hook")
+
+
+def _no_hook(inputs):
+    raise RuntimeError(NO_HOOK)
+
+
+def _published_impl(w: Workload, device: torch.device, name: str, variant: str = "") -> Impl:
+    """A published lrnnx row: ``why`` if it cannot run (no ``LRNNX_PUBLISHED_PATH``, no CUDA,
+    the child failed to import it), else ``external`` runs the workload in the child process."""
+    path, why = peers.published_path()
+    if path is not None:
+        ok, why = peers.published_device_ok(device.type)
+        if ok:
+            _, why = peers.published_worker()  # starts the child on first use
+    return Impl(name, peer="lrnnx", why=why, prepare=_no_hook, forward=lambda a: None,
+                common=lambda out: None,
+                external=lambda w_, row, dev, opts, deadline, check:
+                    run_published(w_, row, dev, opts, deadline, check, variant))
+
+
+def _rel_diff(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.detach().to(ref.device), ref.detach()
+    if not x.is_complex():
+        x, ref = x.float(), ref.float()
+    scale = ref.abs().max().item() or 1.0
+    return (x - ref).abs().max().item() / scale
+
+
+def _job_timeout(opts: Any) -> float:
+    """Seconds to wait for one job: two over-limit first calls per measurement, warm-up and the
+    measurement budgets, building the layer and the inputs."""
+    return 4 * float(opts.limit_s) + 4 * float(opts.measure_budget_s) + 90.0
+
+
+def run_published(w: Workload, row: dict[str, Any], device: torch.device, opts: Any,
+                  deadline: float, check: dict, variant: str = "") -> dict[str, Any]:
+    """Fill ``row`` from the child process's measurement of ``w`` (never raises)."""
+    if time.monotonic() > deadline:
+        row["status"] = "skipped"
+        row["note"] = f"the run's time budget ({opts.budget_s:g} s, --budget) was used up"
+        return row
+    worker, why = peers.published_worker()
+    if worker is None:
+        row["status"] = peers.NOT_INSTALLED if why.startswith(peers.NOT_INSTALLED) else "error"
+        row["note"] = why
+        return row
+    fd, check_path = tempfile.mkstemp(prefix="lrnnx-published-", suffix=".pt")
+    os.close(fd)
+    try:
+        job = peers.published_job(
+            w, str(device), variant, warmup=opts.warmup, repeats=opts.repeats,
+            limit_s=opts.limit_s, budget_s=opts.measure_budget_s,
+            time_left_s=deadline - time.monotonic(),
+            check_path=check_path if w.kind != "layer" else None)
+        try:
+            res = worker.run(job, _job_timeout(opts))
+        except peers.PublishedWorkerError as exc:
+            row["status"], row["note"] = "error", f"child process: {exc}"
+            return row
+        row["status"] = res.get("status", "error")
+        for key in ("fwd", "fwd_bwd", "fwd_ms", "fwd_bwd_ms"):
+            row[key] = res.get(key)
+        if res.get("copies") is not None:
+            row["copies"] = res["copies"]
+        notes = [n for n in (res.get("impl", ""), res.get("note", "")) if n]
+        row["note"] = "; ".join(notes)
+        if res.get("check_path"):
+            out = torch.load(res["check_path"], map_location="cpu")
+            if "ref" not in check:
+                check["ref"], check["name"] = out.to(device), row["impl"]
+            row["check_rel_diff"] = _rel_diff(out, check["ref"])
+            row["check_vs"] = check["name"]
+    except Exception as exc:  # noqa: BLE001 - report it in the row
+        row["status"], row["note"] = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            os.unlink(check_path)
+        except OSError:
+            pass
+    return row
 
 
 def impls_for(w: Workload, device: torch.device) -> list[Impl]:
