@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: modules with ``add_commands(subparsers)`` adding more subcommands; each command's
 #: ``func(args, console) -> int`` imports what it needs when it runs, so ``lrnnx --help`` is fast.
-COMMAND_MODULES: list[str] = ["lrnnx.scaffold", "lrnnx.train.cli", "lrnnx.bench"]
+COMMAND_MODULES: list[str] = ["lrnnx.scaffold", "lrnnx.train.cli", "lrnnx.bench", "lrnnx.kernels_cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,18 @@ def _judge(entry: Entry, op: str, problem: dict[str, Any]) -> tuple[bool, str]:
     return True, why
 
 
+def _prefers(entry: Entry, op: str, problem: dict[str, Any]) -> tuple[bool, str]:
+    """The backend's optional ``prefer(op, **problem)`` (True when absent or broken)."""
+    fn = getattr(_instance(entry)[0], "prefer", None)
+    if not callable(fn):
+        return True, ""
+    try:
+        ok, why = fn(op, **problem)
+    except Exception:  # noqa: BLE001 -- a preference must never break dispatch
+        return True, ""
+    return bool(ok), why
+
+
 def _log_once(name: str, reason: str, op: str, level: int = logging.INFO) -> None:
     key = (name, reason)
     with _LOCK:
@@ -162,15 +174,23 @@ def _decide(op: str, problem: dict[str, Any]) -> tuple[str | None, dict[str, str
         if hit is not None:
             return hit
         failed = _RUNTIME_FAILED.get(key, {})
-        chosen, reasons = None, {}
+        chosen, reasons, fallback = None, {}, None
         for e in entries:
             ok, why = (False, failed[e.name]) if e.name in failed else _judge(e, op, problem)
             if ok and chosen is None:
-                chosen = e.name
+                pref, pwhy = _prefers(e, op, problem)
+                if pref:
+                    chosen = e.name
+                else:  # can run it, but another backend is measured faster here
+                    fallback = fallback or e.name
+                    reasons[e.name] = f"not preferred: {pwhy}"
             elif not ok:
                 reasons[e.name] = why
                 if chosen is None:  # only higher-ranked rejections explain the choice
                     _log_once(e.name, why, op)
+        if chosen is None and fallback is not None:
+            chosen = fallback
+            reasons.pop(fallback, None)
         _DECISIONS[key] = (chosen, reasons)
         return chosen, reasons
 
@@ -201,6 +221,10 @@ def backend_table(op: str | None = None, **problem: Any) -> list[dict[str, Any]]
                     ok, why = False, f"available() raised {type(exc).__name__}: {exc}"
         else:
             ok, why = _judge(e, op, problem)
+            if ok and e.name != chosen:
+                pref, pwhy = _prefers(e, op, problem)
+                if not pref:
+                    why = f"not preferred: {pwhy}"
         rows.append({"name": e.name, "priority": getattr(e.obj, "priority", 0),
                      "package": e.package, "plugin": e.plugin, "ok": ok, "reason": why,
                      "selected": e.name == chosen})

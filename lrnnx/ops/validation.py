@@ -218,6 +218,7 @@ def check_diag(op: str, a, b, h0, *, step: bool, reverse=False, cu=None) -> dict
         "requires_grad": torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors),
         "L": L,
+        "width": (Bsz if cu is None else cu.numel() - 1) * b.shape[-1],  # parallel channels
         "broadcast_a": a.shape[0] != Bsz,
         "has_h0": h0 is not None,
     }
@@ -291,6 +292,7 @@ def check_selective(op: str, *, step: bool, u, delta, A, B, C, D, z, delta_bias,
         "requires_grad": torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in tensors),
         "L": 1 if step else u.shape[1],
+        "width": u.shape[0] * u.shape[-1],  # parallel channels (Bt * Dm)
         "discretization": discretization_,
         "d_state": N,
         "groups": G,

@@ -166,7 +166,10 @@ class ScanBackend(Component):
 
     ``priority``: higher wins under ``backend="auto"``.  ``available()`` is cheap and returns
     ``(ok, reason)``; ``supports(op, **problem)`` says whether this backend can run a problem
-    (keys: device, dtype, complex, varlen, reverse, ...) and why not.
+    (keys: device, dtype, complex, varlen, reverse, ...) and why not.  ``prefer(op, **problem)``
+    (optional) lets a backend that *can* run a problem step aside under ``"auto"`` when another
+    one is measured faster there: ``(False, reason)`` makes ``"auto"`` take the next backend that
+    can run it (this one is still used when no other can, and by name).
     """
 
     priority: ClassVar[int] = 0
@@ -175,6 +178,9 @@ class ScanBackend(Component):
         return True, ""
 
     def supports(self, op: str, **problem: Any) -> tuple[bool, str]:
+        return True, ""
+
+    def prefer(self, op: str, **problem: Any) -> tuple[bool, str]:
         return True, ""
 
 

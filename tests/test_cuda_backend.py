@@ -1,0 +1,131 @@
+"""The ``cuda`` scan backend where it cannot run (this CPU machine), its fake implementations, and
+the dispatcher's ``prefer`` hook that chooses between cuda and triton.  The kernels themselves
+are tested on a GPU: tests/gpu/test_cuda_gpu.py."""
+import pytest
+import torch
+
+import lrnnx
+import lrnnx.ops as ops
+from lrnnx.errors import BackendUnavailableError
+from lrnnx.registry.core import REGISTRY
+
+cuda_mod = pytest.importorskip("lrnnx_kernels.cuda")
+kops = cuda_mod.ops
+needs_cpu_torch = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+
+
+@needs_cpu_torch
+def test_unavailable_with_reason_and_fallback():
+    ops.clear_backend_cache()
+    rows = {r["name"]: r for r in ops.backend_table()}
+    assert not rows["cuda"]["ok"]
+    assert "CPU-only build" in rows["cuda"]["reason"] or "no CUDA device" in rows["cuda"]["reason"]
+    name, why = ops.select_backend("diag_scan", device="cuda")
+    assert name != "cuda" and "unavailable" in why["cuda"]
+    a = torch.rand(2, 5, 3)
+    with pytest.raises(BackendUnavailableError, match="cuda"):
+        ops.diag_scan(a, a, backend="cuda")
+    h, _ = ops.diag_scan(a, a)  # auto runs elsewhere
+    assert h.shape == a.shape
+
+
+@needs_cpu_torch
+def test_kernel_call_without_library_raises_clear_error():
+    m = torch.empty(1, 4, 2)
+    with pytest.raises(BackendUnavailableError, match="CUDA kernels are unavailable"):
+        kops.diag_scan(m, m)
+
+
+def test_supports_rules():
+    from lrnnx_plugins.backends.cuda_backend import CudaBackend
+
+    b = CudaBackend()
+    assert not b.supports("diag_scan", device="cpu")[0]
+    assert b.supports("diag_scan", device="cuda", dtype=torch.complex128)[0]
+    ok, why = b.supports("selective_scan", device="cuda", dtype=torch.float32, d_state=256)
+    assert not ok and "128" in why
+    ok, why = b.supports("selective_scan", device="cuda", dtype=torch.float32, varlen=True)
+    assert not ok and "varlen" in why
+    assert b.supports("selective_scan", device="cuda", dtype=torch.bfloat16,
+                      discretization="bilinear", complex=True)[0]
+    assert not b.prefer("selective_scan", complex=False)[0]
+    assert not b.prefer("selective_step", complex=False)[0]
+    assert b.prefer("selective_scan", complex=True)[0]
+    assert b.prefer("diag_scan", width=1)[0]
+
+
+def test_fake_implementations_shapes():
+    m = torch.device("meta")
+    a = torch.empty(1, 10, 8, device=m, dtype=torch.bfloat16)
+    b = torch.empty(3, 10, 8, device=m, dtype=torch.bfloat16)
+    cu = torch.empty(3, device=m, dtype=torch.int32)
+    h, last = kops._diag_op(a, b, None, cu, False)
+    assert h.shape == (3, 10, 8) and h.dtype == torch.bfloat16
+    assert last.shape == (2, 8) and last.dtype == torch.float32
+    for dt, cplx, ck in ((torch.float32, False, 16), (torch.bfloat16, True, 8),
+                         (torch.float64, False, 8), (torch.float64, True, 4)):
+        u = torch.empty(2, 33, 8, device=m, dtype=dt)
+        sdt = torch.float64 if dt == torch.float64 else torch.float32
+        if cplx:
+            sdt = torch.complex128 if sdt == torch.float64 else torch.complex64
+        A = torch.empty(8, 16, device=m, dtype=sdt)
+        B = torch.empty(2, 33, 1, 16, device=m, dtype=sdt)
+        y, last, cks = kops._sel_op(u, u, A, B, B, None, None, None, None, None, True, 0, True)
+        assert y.shape == u.shape and y.dtype == dt and last.dtype == sdt
+        assert kops.chunk_len(dt == torch.float64, cplx) == ck
+        assert cks.shape == (2, -(-33 // ck), 8, 16)
+
+
+def test_chunk_len_matches_the_cuda_source():
+    # selective.cuh: sel_ck<S>() = 64 / sizeof(S); ops.chunk_len must agree (fake shapes)
+    src = (cuda_mod._build.CSRC / "selective.cuh").read_text()
+    assert "return (int)(64 / sizeof(S));" in src
+    assert [kops.chunk_len(d, c) for d in (False, True) for c in (False, True)] == [16, 8, 8, 4]
+
+
+def test_build_dir_keys_on_sources_and_arch(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRNNX_KERNELS_CACHE", str(tmp_path))
+    b = cuda_mod._build
+    d90, d80 = b.build_dir("90", "nvcc x"), b.build_dir("80", "nvcc x")
+    assert d90 != d80 and d90.parent == tmp_path / "cuda"
+    assert torch.__version__.replace("+", "_") in d90.name and "sm_90" in d90.name
+    assert b.build_dir("90", "nvcc y") != d90  # another compiler, another build
+
+
+def test_cli_build_kernels_reports_reason(capsys):
+    from lrnnx.cli import main
+
+    rc = main(["build-kernels", "--arch", "nope"])
+    assert rc == 2 and "compute capabilities" in capsys.readouterr().out
+    if torch.version.cuda is None:
+        assert main(["build-kernels"]) == 1
+        assert "CPU-only build" in capsys.readouterr().out
+
+
+class _Fast(lrnnx.ScanBackend):
+    name = "pref_fast"
+    priority = 99
+
+    def supports(self, op, **p):
+        return (p.get("device") == "cpu", "cpu only")
+
+    def prefer(self, op, **p):
+        return (p.get("L", 0) >= 100, "measured slower below L=100")
+
+    def diag_scan(self, a, b, h0=None, reverse=False, cu_seqlens=None):
+        raise AssertionError("not expected")
+
+    diag_step = selective_scan = selective_step = diag_scan
+
+
+def test_prefer_hook_steps_aside_and_is_fallback():
+    REGISTRY.register("scan_backend", _Fast)
+    try:
+        ops.clear_backend_cache()
+        assert ops.select_backend("diag_scan", device="cpu", L=1000)[0] == "pref_fast"
+        name, why = ops.select_backend("diag_scan", device="cpu", L=10)
+        assert name != "pref_fast" and why["pref_fast"].startswith("not preferred")
+        assert "not preferred" in ops.explain("diag_scan", device="cpu", L=10)
+    finally:
+        REGISTRY.unregister("scan_backend", "pref_fast")
+        ops.clear_backend_cache()
