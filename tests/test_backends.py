@@ -303,8 +303,8 @@ def test_explain_lists_backends_and_the_choice():
     assert "can run" in line["torch_ref"]
     rows = ops.backend_table("selective_scan", device="cpu")
     names = [r["name"] for r in rows]
-    assert names[0] == "triton"  # highest priority, listed first ...
-    assert not rows[0]["selected"]  # ... but it needs CUDA tensors (or TRITON_INTERPRET=1)
+    assert names[:2] == ["cuda", "triton"]  # highest priorities, listed first ...
+    assert not rows[0]["selected"] and not rows[1]["selected"]  # ... but they need CUDA tensors
     assert [n for n in names if n in {"cpu", "torch", "torch_ref"}] == ["cpu", "torch", "torch_ref"]
     assert sum(r["selected"] for r in rows) == 1
     if cpu_can_build():
