@@ -49,6 +49,9 @@ def test_supports_rules():
     assert b.supports("selective_scan", device="cuda", dtype=torch.bfloat16,
                       discretization="bilinear", complex=True)[0]
     assert not b.prefer("selective_scan", complex=False)[0]
+    assert not b.prefer("selective_scan", dtype=torch.float32, requires_grad=True)[0]
+    assert b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=True)[0]
+    assert not b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=False)[0]
     assert not b.prefer("selective_step", complex=False)[0]
     assert b.prefer("selective_scan", complex=True)[0]
     assert b.prefer("diag_scan", width=1)[0]
@@ -62,8 +65,8 @@ def test_fake_implementations_shapes():
     h, last = kops._diag_op(a, b, None, cu, False)
     assert h.shape == (3, 10, 8) and h.dtype == torch.bfloat16
     assert last.shape == (2, 8) and last.dtype == torch.float32
-    for dt, cplx, ck in ((torch.float32, False, 16), (torch.bfloat16, True, 8),
-                         (torch.float64, False, 8), (torch.float64, True, 4)):
+    for dt, cplx, ck in ((torch.float32, False, 8), (torch.bfloat16, True, 4),
+                         (torch.float64, False, 4), (torch.float64, True, 2)):
         u = torch.empty(2, 33, 8, device=m, dtype=dt)
         sdt = torch.float64 if dt == torch.float64 else torch.float32
         if cplx:
@@ -77,10 +80,10 @@ def test_fake_implementations_shapes():
 
 
 def test_chunk_len_matches_the_cuda_source():
-    # selective.cuh: sel_ck<S>() = 64 / sizeof(S); ops.chunk_len must agree (fake shapes)
+    # selective.cuh: sel_ck<S>() = 32 / sizeof(S); ops.chunk_len must agree (fake shapes)
     src = (cuda_mod._build.CSRC / "selective.cuh").read_text()
-    assert "return (int)(64 / sizeof(S));" in src
-    assert [kops.chunk_len(d, c) for d in (False, True) for c in (False, True)] == [16, 8, 8, 4]
+    assert "return (int)(32 / sizeof(S));" in src
+    assert [kops.chunk_len(d, c) for d in (False, True) for c in (False, True)] == [8, 4, 4, 2]
 
 
 def test_build_dir_keys_on_sources_and_arch(tmp_path, monkeypatch):

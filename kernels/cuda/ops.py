@@ -49,7 +49,7 @@ def _compute(dt: torch.dtype, cplx: bool) -> torch.dtype:
 def chunk_len(double: bool, cplx: bool) -> int:
     """Tokens per selective-scan checkpoint (must equal ``selective_chunk`` in the library)."""
     size = (8 if double else 4) * (2 if cplx else 1)
-    return 64 // size
+    return 32 // size
 
 
 # ----------------------------------------------------------------------------- diag scan

@@ -41,15 +41,26 @@ MAX_STATE = 128  # kernels/cuda/csrc/selective.cuh kSelMaxN
 _LOCK = threading.Lock()
 
 #: Where ``"auto"`` should take Triton instead: ``(op, predicate(problem), reason)``, from the
-#: H200 run of benchmarks/gpu_scan.py on 2026-11-29 (benchmarks/RESULTS.md).  The fused S6 kernels
-#: here are correct (tests/gpu/test_cuda_gpu.py) but slower than Triton's on real problems (B8
-#: L2048 D1536 N16 fp32: fwd 3.88 vs 0.744 ms, fwd+bwd 14.2 vs 8.9 ms; benchmarks/NOTES.md has
-#: the analysis), so real S6 goes to Triton; complex S6 (no Triton kernel) and the diagonal scan
-#: (cuda measured faster: fp32 fwd+bwd 0.73 vs 1.27 ms, complex64 0.72 vs 3.79 ms) stay here.
+#: H200 runs of benchmarks/gpu_scan.py on 2026-11-29 (benchmarks/RESULTS.md, B8 L2048 D1536 N16):
+#:
+#: ================  ===================  ===================
+#: selective scan    cuda fwd / fwd+bwd   triton fwd / fwd+bwd
+#: ================  ===================  ===================
+#: fp32              2.66 / 9.45 ms       0.746 / 9.37 ms
+#: bf16              3.11 / 10.52 ms      1.50 / 15.93 ms
+#: ================  ===================  ===================
+#:
+#: so real S6 goes to Triton, except in training (grad required) with half-precision inputs,
+#: where the CUDA backward wins; complex S6 (no Triton kernel) and the diagonal scan (cuda fp32
+#: fwd+bwd 0.67 vs 1.10 ms, complex64 0.71-0.78 vs 3.8-4.5 ms) stay here.
+_HALF = (torch.float16, torch.bfloat16)
 PREFER_TRITON: list[tuple[str, object, str]] = [
-    (op, lambda p: not p.get("complex", False),
-     "real selective scans: the Triton kernel was measured faster on an H200 (RESULTS.md)")
-    for op in ("selective_scan", "selective_step")
+    ("selective_scan",
+     lambda p: not p.get("complex", False)
+     and not (p.get("requires_grad", False) and _dtype(p) in _HALF),
+     "real selective scan: the Triton kernel was measured faster here (fp32, or no gradient)"),
+    ("selective_step", lambda p: not p.get("complex", False),
+     "real selective step: Triton, like the scan it continues"),
 ]
 
 

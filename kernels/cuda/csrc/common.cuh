@@ -281,4 +281,53 @@ __device__ __forceinline__ void discretize_grads(int disc, R dt, S A, S& abar, S
   }
 }
 
+// The same with the method fixed at compile time (the scan kernels are instantiated per method,
+// which keeps their unrolled inner loops small).
+template <int DISC, typename S, typename R>
+__device__ __forceinline__ void discretize_t(R dt, S A, S& abar, S& scale) {
+  S x = dt * A;
+  if constexpr (DISC == BILINEAR) {
+    S den = S(R(1)) - R(0.5) * x;
+    abar = (S(R(1)) + R(0.5) * x) / den;
+    scale = S(dt) / den;
+  } else {
+    abar = exp_(x);
+    if constexpr (DISC == ZOH) scale = dt * phi1_(x);
+    else if constexpr (DISC == DIRAC) scale = S(R(1));
+    else scale = S(dt);
+  }
+}
+
+template <int DISC, typename S, typename R>
+__device__ __forceinline__ void discretize_grads_t(R dt, S A, S& abar, S& scale, S& dadx,
+                                                   S& ds_ddt, S& ds_dA) {
+  S x = dt * A;
+  if constexpr (DISC == BILINEAR) {
+    S inv = S(R(1)) / (S(R(1)) - R(0.5) * x);
+    abar = (S(R(1)) + R(0.5) * x) * inv;
+    scale = dt * inv;
+    S inv2 = inv * inv;
+    dadx = inv2;
+    ds_ddt = inv2;
+    ds_dA = (R(0.5) * dt * dt) * inv2;
+  } else {
+    abar = exp_(x);
+    dadx = abar;
+    if constexpr (DISC == ZOH) {
+      S p1 = phi1_(x);
+      scale = dt * p1;
+      ds_ddt = abar;
+      ds_dA = (dt * dt) * dphi1_(x, abar, p1);
+    } else if constexpr (DISC == DIRAC) {
+      scale = S(R(1));
+      ds_ddt = S(R(0));
+      ds_dA = S(R(0));
+    } else {
+      scale = S(dt);
+      ds_ddt = S(R(1));
+      ds_dA = S(R(0));
+    }
+  }
+}
+
 }  // namespace lrnnx_cuda

@@ -18,9 +18,19 @@ constexpr int kSelThreads = 128;
 constexpr int kSelNP = 4;  // states per thread
 constexpr int kSelMaxN = 32 * kSelNP;
 
-// Tokens per checkpoint chunk: 64 bytes of state type per thread-state, so the backward's
-// shared-memory history (CK * kSelThreads * NP * sizeof(S)) is 32 KiB for every type.
-template <typename S> constexpr int sel_ck() { return (int)(64 / sizeof(S)); }
+// Tokens per checkpoint chunk: 32 bytes of state type per thread-state, so the backward's
+// shared-memory history (CK * kSelThreads * NP * sizeof(S)) is 16 KiB for every type and the
+// per-token staging arrays fit beside it in the static 48 KiB.
+template <typename S> constexpr int sel_ck() { return (int)(32 / sizeof(S)); }
+
+// Launch a kernel template instantiated for the discretization method (0..3).
+#define LRNNX_DISC_SWITCH(disc, ...)                 \
+  switch (disc) {                                     \
+    case MAMBA: { constexpr int D_ = MAMBA; __VA_ARGS__; } break;       \
+    case ZOH: { constexpr int D_ = ZOH; __VA_ARGS__; } break;           \
+    case BILINEAR: { constexpr int D_ = BILINEAR; __VA_ARGS__; } break; \
+    default: { constexpr int D_ = DIRAC; __VA_ARGS__; } break;          \
+  }
 
 __device__ __forceinline__ float shfl_xor_(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
 __device__ __forceinline__ double shfl_xor_(double v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }

@@ -12,12 +12,15 @@
 
 namespace lrnnx_cuda {
 
-template <typename T, typename S, int NP, int CK>
+template <typename T, typename S, int NP, int CK, int DISC>
 __global__ void __launch_bounds__(kSelThreads)
 sel_fwd_kernel(const SelParams p, const int ns) {
   using R = typename RealOf<S>::type;
   using EC = Elem<R, S>;
+  // Per-token staging, one slot per thread (no barrier): u, dt, and the output gate.
+  __shared__ R su[CK][kSelThreads], sdt[CK][kSelThreads], sg[CK][kSelThreads];
   const SelMap m = sel_map(p, ns);
+  const int tid = threadIdx.x;
   const int64_t b = blockIdx.y, L = p.L, Dm = p.Dm, N = p.N, G = p.G;
   const T* __restrict__ u = static_cast<const T*>(p.u);
   const T* __restrict__ delta = static_cast<const T*>(p.delta);
@@ -50,42 +53,40 @@ sel_fwd_kernel(const SelParams p, const int ns) {
           EC::st(static_cast<R*>(p.ck), ((b * p.n_ck + kc) * Dm + m.d) * N + n, h[k]);
       }
     }
-    R uv[CK], dv[CK], zv[CK], tv[CK];
+    // stage the chunk's inputs: all loads in flight together
 #pragma unroll
     for (int i = 0; i < CK; ++i) {
       const int64_t t = t0 + i;
       const bool ok = m.dok && t < L;
       const int64_t off = (b * L + t) * Dm + m.d;
-      uv[i] = ok ? Store<T>::ld(u + off) : R(0);
-      dv[i] = ok ? Store<T>::ld(delta + off) : R(0);
-      zv[i] = (ok && has_z) ? Store<T>::ld(z + off) : R(0);
-      tv[i] = (t < L && has_ts) ? ts[b * L + t] : R(0);
+      const R uv = ok ? Store<T>::ld(u + off) : R(0);
+      const R dv = ok ? Store<T>::ld(delta + off) : R(0);
+      const R zv = (ok && has_z) ? Store<T>::ld(z + off) : R(0);
+      const R tv = (t < L && has_ts) ? ts[b * L + t] : R(0);
+      su[i][tid] = uv;
+      sdt[i][tid] = ok ? make_dt(dv, bias, p.softplus, has_ts, tv).dt : R(0);
+      sg[i][tid] = has_z ? zv * sigmoid_(zv) : R(1);
     }
-#pragma unroll
-    for (int i = 0; i < CK; ++i) {
+    const int steps = (int)(L - t0 < CK ? L - t0 : CK);
+#pragma unroll 2
+    for (int i = 0; i < steps; ++i) {  // uniform over the block
       const int64_t t = t0 + i;
-      if (t < L) {  // uniform over the block
-        const Dt<R> q = make_dt(dv[i], bias, p.softplus, has_ts, tv[i]);
-        const R dt = m.dok ? q.dt : R(0);
-        const int64_t boff = ((b * L + t) * G + m.g) * N + (int64_t)m.j * NP;
-        R ypart = R(0);
+      const R uv = su[i][tid], dt = sdt[i][tid];
+      const int64_t boff = ((b * L + t) * G + m.g) * N + (int64_t)m.j * NP;
+      R ypart = R(0);
 #pragma unroll
-        for (int k = 0; k < NP; ++k) {
-          if ((int64_t)m.j * NP + k < N) {
-            const S Bn = Ldg<S>::ld(Bm, boff + k), Cn = Ldg<S>::ld(Cm, boff + k);
-            S a, s;
-            discretize(p.disc, dt, A[k], a, s);
-            h[k] = a * h[k] + s * (uv[i] * Bn);
-            ypart += re_(Cn * h[k]);
-          }
-        }
-        R y = channel_sum(ypart, ns);
-        if (m.j == 0 && m.dok) {
-          y += Dd * uv[i];
-          if (has_z) y *= zv[i] * sigmoid_(zv[i]);
-          Store<T>::st(yout + (b * L + t) * Dm + m.d, y);
+      for (int k = 0; k < NP; ++k) {
+        if ((int64_t)m.j * NP + k < N) {
+          const S Bn = Ldg<S>::ld(Bm, boff + k), Cn = Ldg<S>::ld(Cm, boff + k);
+          S a, s;
+          discretize_t<DISC>(dt, A[k], a, s);
+          h[k] = a * h[k] + s * (uv * Bn);
+          ypart += re_(Cn * h[k]);
         }
       }
+      const R y = channel_sum(ypart, ns);
+      if (m.j == 0 && m.dok)
+        Store<T>::st(yout + (b * L + t) * Dm + m.d, (y + Dd * uv) * sg[i][tid]);
     }
   }
 #pragma unroll
@@ -151,7 +152,8 @@ static void fwd_typed(const SelParams& p, cudaStream_t stream, bool step) {
   const int cpb = kSelThreads / ns;
   dim3 grid((unsigned)((p.Dm + cpb - 1) / cpb), (unsigned)p.Bt);
   if (step) sel_step_kernel<T, S, kSelNP><<<grid, kSelThreads, 0, stream>>>(p, ns);
-  else sel_fwd_kernel<T, S, kSelNP, sel_ck<S>()><<<grid, kSelThreads, 0, stream>>>(p, ns);
+  else LRNNX_DISC_SWITCH(p.disc, (sel_fwd_kernel<T, S, kSelNP, sel_ck<S>(), D_>
+                                  <<<grid, kSelThreads, 0, stream>>>(p, ns)))
 }
 
 static void fwd_dispatch(const SelParams& p, cudaStream_t stream, bool step) {
