@@ -34,7 +34,7 @@ import torch
 from . import peers
 from .workloads import REF_COMPLEX, REF_DIAG, REF_LAYER, REF_SELECTIVE, Workload
 
-LRNNX_BACKENDS = ("triton", "torch")
+LRNNX_BACKENDS = ("cuda", "triton", "torch")
 Args = dict[str, Any]
 
 

@@ -207,3 +207,18 @@ def test_dispatch_and_layers():
             grads_.append(xi.grad)
         close(outs[0], outs[1], torch.float32, f"{spec} output")
         close(grads_[0], grads_[1], torch.float32, f"{spec} grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_diag_scan_misaligned_views(dtype):
+    # Views that start one element into their storage cannot take the vector (channel-pair)
+    # loads; the launcher must notice and use one channel per lane.
+    B, L, D = 2, 300, 64
+    a0, b0, h00 = diag_inputs(B, L, D, dtype, seed=21)
+    a = torch.empty(a0.numel() + 1, dtype=dtype, device=dev)[1:].view(B, L, D).copy_(a0)
+    b = torch.empty(b0.numel() + 1, dtype=dtype, device=dev)[1:].view(B, L, D).copy_(b0)
+    assert a.data_ptr() % (2 * a.element_size()) != 0  # not aligned for a channel pair
+    h, last = kc.diag_scan(a, b, h00)
+    ref = diag_scan_chunked(up(a0), up(b0), up(h00))
+    close(h, ref[0], dtype, "h (misaligned)")
+    close(last, ref[1], dtype, "h_last (misaligned)")

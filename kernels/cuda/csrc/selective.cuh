@@ -15,7 +15,10 @@
 namespace lrnnx_cuda {
 
 constexpr int kSelThreads = 128;
-constexpr int kSelNP = 4;  // states per thread
+#ifndef LRNNX_SEL_NP
+#define LRNNX_SEL_NP 4
+#endif
+constexpr int kSelNP = LRNNX_SEL_NP;  // states per thread (a build-time knob for experiments)
 constexpr int kSelMaxN = 32 * kSelNP;
 
 // Tokens per checkpoint chunk: 32 bytes of state type per thread-state, so the backward's
