@@ -214,6 +214,12 @@ def test_selective_scan_row_agrees(fake_published):
     assert row["note"].startswith("lrnnx.ops.selective_scan.selective_scan_fn")
 
 
+def test_bf16_selective_scan_is_na(fake_published):
+    (impl,) = published_rows(tiny(by_name("selective_scan bfloat16")[0]))
+    assert impl.why.startswith("n/a") and "float32 only" in impl.why
+    assert peers._WORKER is None  # no child started for it
+
+
 @pytest.mark.parametrize("layer", ["lru", "s5", "s4d", "mamba", "rglru", "s7"])
 def test_layer_rows(fake_published, layer):
     w = tiny(by_name(f"layer {layer}")[0])

@@ -239,7 +239,9 @@ def _published_impl(w: Workload, device: torch.device, name: str, variant: str =
     path, why = peers.published_path()
     if path is not None:
         ok, why = peers.published_device_ok(device.type)
-        if ok:
+        if ok and w.kind == "selective" and w.dtype != "float32":
+            why = f"n/a: the published lrnnx's selective scan is float32 only (got {w.dtype})"
+        elif ok:
             _, why = peers.published_worker()  # starts the child on first use
     return Impl(name, peer="lrnnx", why=why, prepare=_no_hook, forward=lambda a: None,
                 common=lambda out: None,
