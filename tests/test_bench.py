@@ -63,9 +63,10 @@ def test_gpu_scan_script_smoke_on_cpu(tmp_path, capsys):
     assert set(wd) >= {"kind", "dtype", "dims", "reference", "target", "ideal_bytes", "rows",
                        "auto_backend"}
     rows = {r["impl"]: r for r in wd["rows"]}
-    assert list(rows) == ["lrnnx (triton)", "lrnnx (torch)", "accelerated_scan.scalar",
-                          "fla.chunk_hgrn", "fla.fused_recurrent_hgrn"]
+    assert list(rows) == ["lrnnx (cuda)", "lrnnx (triton)", "lrnnx (torch)",
+                          "accelerated_scan.scalar", "fla.chunk_hgrn", "fla.fused_recurrent_hgrn"]
     assert rows["lrnnx (triton)"]["status"] == "n/a"  # no CUDA, no interpreter
+    assert rows["lrnnx (cuda)"]["status"] == "n/a"
     assert rows["lrnnx (torch)"]["status"] == "ok" and rows["lrnnx (torch)"]["fwd_ms"] > 0
     for peer in ("accelerated_scan.scalar", "fla.chunk_hgrn"):
         if importlib.util.find_spec(peer.split(".")[0]) is None:

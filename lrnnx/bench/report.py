@@ -110,7 +110,7 @@ def suite_markdown(results: dict[str, Any]) -> str:
         f"that together exceed 2x the L2); fwd under `torch.no_grad()`, fwd+bwd = forward + "
         f"`torch.autograd.grad` w.r.t. every input (layers: input and parameters).",
         "- ratio = time / time of the reference peer (lower is better); the target is judged on "
-        "the lrnnx backend that `backend=\"auto\"` picks (triton on CUDA); other lrnnx rows are "
+        "the lrnnx backend that `backend=\"auto\"` picks (see `lrnnx backends`); other lrnnx rows are "
         "informational.  check = max |out - ref| / max |ref| of the forward output against the "
         "first row (\"ref\").",
         "", "| " + " | ".join(COLUMNS) + " |",

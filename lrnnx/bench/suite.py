@@ -126,6 +126,8 @@ def run_impl(w: Workload, impl: Impl, inputs: dict, device: torch.device, opts: 
     if impl.why:
         row["status"], row["note"] = _status_of(impl.why), impl.why
         return row
+    if impl.external is not None:  # measured in another process (the published lrnnx)
+        return impl.external(w, row, device, opts, deadline, check)
     if time.monotonic() > deadline:
         row["status"] = "skipped"
         row["note"] = f"the run's time budget ({opts.budget_s:g} s, --budget) was used up"
