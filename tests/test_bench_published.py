@@ -4,7 +4,6 @@ written to a temporary folder (same module layout and call signatures as lrnnx 1
 PyTorch).  The real one needs its CUDA extensions and a GPU: benchmarks/peers/README.md."""
 from __future__ import annotations
 
-import inspect
 import os
 import textwrap
 import time
@@ -281,21 +280,7 @@ def test_job_timeout_kills_the_child(fake_published, monkeypatch):
 
 # ------------------------------------------------------------------- through the suite
 
-def _hooked(run_impl):
-    """suite.run_impl with the external-row hook (the suite's own when it has one)."""
-    if "external" in inspect.getsource(run_impl):
-        return run_impl
-
-    def run(w, impl, inputs, device, opts, deadline, check):
-        if impl.external is not None and not impl.why:
-            return impl.external(w, suite_mod._row(impl), device, opts, deadline, check)
-        return run_impl(w, impl, inputs, device, opts, deadline, check)
-
-    return run
-
-
-def test_rows_in_the_suite_table(fake_published, monkeypatch):
-    monkeypatch.setattr(suite_mod, "run_impl", _hooked(suite_mod.run_impl))
+def test_rows_in_the_suite_table(fake_published):
     w = by_name("layer lru")[0]
     wd = suite_mod.run_workload(tiny(w), torch.device("cpu"), opts(), copy_gbps=10.0,
                                 deadline=time.monotonic() + 120)
@@ -306,15 +291,6 @@ def test_rows_in_the_suite_table(fake_published, monkeypatch):
     target = rows["lrnnx (torch)"]
     assert target["target_row"] and target["result"] in ("pass", "FAIL")
     assert target["ratio_fwd_bwd"] > 0
-
-
-def test_without_the_suite_hook_the_row_says_so(fake_published):
-    if "external" in inspect.getsource(suite_mod.run_impl):
-        pytest.skip("this suite.run_impl hands rows to Impl.external")
-    wd = suite_mod.run_workload(tiny(by_name("layer lru")[0]), torch.device("cpu"), opts(),
-                                copy_gbps=10.0, deadline=time.monotonic() + 120)
-    row = next(r for r in wd["rows"] if r["impl"] == "published lrnnx")
-    assert row["status"] == "error" and "Impl.external" in row["note"]
 
 
 def test_no_child_without_the_env(monkeypatch):

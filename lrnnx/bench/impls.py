@@ -225,12 +225,9 @@ def _layer_impls(w: Workload, device: torch.device) -> list[Impl]:
 
 PUBLISHED_SCAN = f"{peers.PUBLISHED_LRNNX}.selective_scan_fn"
 PUBLISHED_S5_SCAN = f"{peers.PUBLISHED_LRNNX} (ltv.S5, scan)"
-NO_HOOK = ("this suite.run_impl does not hand rows to Impl.external: the published lrnnx is "
-           "timed in a child process and needs that hook")
-
-
-def _no_hook(inputs):
-    raise RuntimeError(NO_HOOK)
+def _external_only(inputs):
+    raise RuntimeError("internal: a published lrnnx row is measured by Impl.external in its child "
+                       "process (lrnnx.bench.suite.run_impl), never in this process")
 
 
 def _published_impl(w: Workload, device: torch.device, name: str, variant: str = "") -> Impl:
@@ -243,7 +240,7 @@ def _published_impl(w: Workload, device: torch.device, name: str, variant: str =
             why = f"n/a: the published lrnnx's selective scan is float32 only (got {w.dtype})"
         elif ok:
             _, why = peers.published_worker()  # starts the child on first use
-    return Impl(name, peer="lrnnx", why=why, prepare=_no_hook, forward=lambda a: None,
+    return Impl(name, peer="lrnnx", why=why, prepare=_external_only, forward=lambda a: None,
                 common=lambda out: None,
                 external=lambda w_, row, dev, opts, deadline, check:
                     run_published(w_, row, dev, opts, deadline, check, variant))
