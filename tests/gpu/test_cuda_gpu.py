@@ -104,11 +104,37 @@ def _check_ss(kw, method, dtype, state_dtype=torch.float32):
         close(x, r, tol, f"grad {n}")
 
 
+@pytest.fixture(params=["tiled", "per_channel"])
+def s6_kernel(request, monkeypatch):
+    """Real fp32-state S6 with N <= 32 runs the token-tiled kernels (selective_tiled.cu) unless
+    LRNNX_SEL_TILED=0; both kernel families are checked on the same cases."""
+    monkeypatch.setenv("LRNNX_SEL_TILED", "1" if request.param == "tiled" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("method", ["mamba", "zoh", "bilinear", "dirac"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_selective_scan(method, dtype):
+def test_selective_scan(method, dtype, s6_kernel):
     kw = ss_inputs(2, 1027, 512, 16, None, dtype, seed=6, ts=method == "zoh")
     _check_ss(kw, method, dtype)
+
+
+# lengths around the tiled kernel's 8-token pieces and 64-token tiles (8 warps), channel counts
+# that leave lanes of the last block idle, N up to the tiled limit (32) and just past it (33)
+@pytest.mark.parametrize("L,Dm,N", [(1, 32, 16), (7, 40, 16), (8, 64, 8), (9, 33, 4),
+                                    (64, 96, 32), (65, 32, 33), (200, 100, 16), (513, 64, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_selective_scan_tiled_shapes(L, Dm, N, dtype, s6_kernel):
+    kw = ss_inputs(3, L, Dm, N, None, dtype, seed=L + Dm, ts=L % 2 == 1)
+    _check_ss(kw, "zoh" if L % 2 else "mamba", dtype)
+
+
+@pytest.mark.parametrize("W", ["4", "16"])
+def test_selective_scan_tiled_warps(W, monkeypatch):
+    # the warps-per-block knob of the tiled kernels (default 8) for fwd and bwd
+    monkeypatch.setenv("LRNNX_SEL_TILE_W", W)
+    kw = ss_inputs(2, 333, 64, 16, 2, torch.float32, seed=3, ts=True)
+    _check_ss(kw, "bilinear", torch.float32)
 
 
 @pytest.mark.parametrize("method", ["mamba", "zoh", "bilinear", "dirac"])
@@ -118,13 +144,13 @@ def test_selective_scan_complex(method):
 
 
 @pytest.mark.parametrize("N", [1, 5, 16, 64, 128])
-def test_selective_scan_state_sizes(N):
+def test_selective_scan_state_sizes(N, s6_kernel):
     kw = ss_inputs(2, 300, 64, N, None, torch.float32, seed=N)
     _check_ss(kw, "zoh", torch.float32)
 
 
 @pytest.mark.parametrize("Dm,G", [(256, 4), (36, 3), (40, 5)])
-def test_selective_scan_groups(Dm, G):
+def test_selective_scan_groups(Dm, G, s6_kernel):
     # (36, 3) / (40, 5): 12 / 8 channels per group -> warps straddle groups (per-lane atomics)
     kw = ss_inputs(3, 333, Dm, 16, G, torch.float32, seed=Dm)
     _check_ss(kw, "mamba", torch.float32)

@@ -66,6 +66,12 @@ int selective_chunk(DType dtype, bool cplx);
 int selective_max_n();
 void launch_selective_fwd(const SelParams& p, cudaStream_t stream);
 void launch_selective_bwd(const SelParams& p, cudaStream_t stream);
+// The token-tiled kernels (selective_tiled.cu) for real fp32-state problems with N <= 32 whose
+// blocks of 32 channels fall in one group of B / C; the launchers above call them when this holds
+// (LRNNX_SEL_TILED=0 turns them off, for comparisons).  Their checkpoints are laid out
+// (Bt, n_ck, N, Dm), the per-channel kernels' (Bt, n_ck, Dm, N): the same shape and size.
+bool selective_tiled_ok(const SelParams& p);
+void launch_selective_tiled(const SelParams& p, cudaStream_t stream, bool bwd);
 // One token: u, delta, z, y (Bt, Dm) storage type; B, C (Bt, G, N); state in / out (Bt, Dm, N)
 // compute type (in may be nullptr = zeros); ts (Bt).
 void launch_selective_step(const SelParams& p, cudaStream_t stream);

@@ -246,6 +246,7 @@ static void bwd_typed(const SelParams& p, cudaStream_t stream) {
 
 void launch_selective_bwd(const SelParams& p, cudaStream_t stream) {
   if (p.Bt == 0 || p.Dm == 0 || p.L == 0) return;
+  if (selective_tiled_ok(p)) return launch_selective_tiled(p, stream, true);
   switch (p.dtype) {
     case DType::F32: p.cplx ? bwd_typed<float, Cx<float>>(p, stream) : bwd_typed<float, float>(p, stream); break;
     case DType::F64: p.cplx ? bwd_typed<double, Cx<double>>(p, stream) : bwd_typed<double, double>(p, stream); break;

@@ -167,7 +167,8 @@ static void fwd_dispatch(const SelParams& p, cudaStream_t stream, bool step) {
 }
 
 void launch_selective_fwd(const SelParams& p, cudaStream_t stream) {
-  if (p.L == 0) return;
+  if (p.L == 0 || p.Bt == 0 || p.Dm == 0) return;
+  if (selective_tiled_ok(p)) return launch_selective_tiled(p, stream, false);
   fwd_dispatch(p, stream, false);
 }
 
