@@ -426,3 +426,46 @@ def test_complex_torch_compile_fullgraph():
     ref = f({k: v.detach() for k, v in kw.items()})
     assert_close(out, ref, torch.float32, "compiled")
     assert all(v.grad is not None for v in x.values())
+
+
+@pytest.mark.parametrize("method", ["mamba", "zoh", "bilinear"])
+def test_complex_selective_step(method):
+    """One complex token: y_t, the complex state and every input's gradient (the step's backward
+    is the complex scan backward of length 1)."""
+    kw = make_c(Bt=2, L=1, Dm=4, G=2, ts=True, seed=30)
+    step = {"u_t": kw["u"][:, 0], "delta_t": kw["delta"][:, 0], "A": kw["A"],
+            "B_t": kw["B"][:, 0], "C_t": kw["C"][:, 0], "state": kw["h0"], "D": kw["D"],
+            "z_t": kw["z"][:, 0], "delta_bias": kw["delta_bias"],
+            "timesteps_t": kw["timesteps"][:, 0]}
+    x = {k: v.clone().requires_grad_() for k, v in step.items()}
+    r = {k: up(v).requires_grad_() for k, v in step.items()}
+    y, h = tri().selective_step(**x, delta_softplus=True, discretization=method)
+    ry, rh = selective_step(**r, delta_softplus=True, discretization=method)
+    assert y.dtype == torch.float32 and h.dtype == torch.complex64
+    assert_close(y, ry, torch.float32, "y_t")
+    assert_close(h, rh, torch.complex64, "state")
+    (y.sum() + (h * h.conj()).real.sum() + h.imag.sum()).backward()
+    (ry.sum() + (rh * rh.conj()).real.sum() + rh.imag.sum()).backward()
+    for k in step:
+        assert x[k].grad.dtype == step[k].dtype, k
+        assert_close(x[k].grad, r[k].grad, torch.complex64, f"step grad {k}")
+
+
+def test_complex_step_loop_equals_scan():
+    kw = make_c(L=3, ts=True, seed=31, real=("B",))  # real B: the state is still complex
+    y, last = tri().selective_scan(**kw, delta_softplus=True, return_last_state=True,
+                                   discretization="zoh")
+    h = kw["h0"]
+    for t in range(3):
+        yt, h = tri().selective_step(kw["u"][:, t], kw["delta"][:, t], kw["A"], kw["B"][:, t],
+                                     kw["C"][:, t], h, kw["D"], kw["z"][:, t], kw["delta_bias"],
+                                     True, "zoh", kw["timesteps"][:, t])
+        assert (yt - y[:, t]).abs().max() <= TOL[torch.float32] * y.abs().max()
+    assert_close(h, last, torch.complex64, "final state")
+    # state=None is the zero state; a complex C with real A, B keeps the state real
+    args = (kw["u"][:, 0], kw["delta"][:, 0], kw["A"].real, kw["B"][:, 0], kw["C"][:, 0], None)
+    y0, s0 = tri().selective_step(*args, discretization="bilinear")
+    ry0, rs0 = selective_step(*(up(t) for t in args), discretization="bilinear")
+    assert not s0.is_complex() and not rs0.is_complex()
+    assert_close(y0, ry0, torch.float32, "y_t from zeros")
+    assert_close(s0, rs0, torch.float32, "state from zeros")
