@@ -469,3 +469,29 @@ def test_complex_step_loop_equals_scan():
     assert not s0.is_complex() and not rs0.is_complex()
     assert_close(y0, ry0, torch.float32, "y_t from zeros")
     assert_close(s0, rs0, torch.float32, "state from zeros")
+
+
+def test_complex_through_ops_backend():
+    """``lrnnx.ops`` validates a complex S6 problem, the triton backend accepts it and runs it."""
+    pytest.importorskip("pydantic")  # lrnnx.ops needs the registry
+    import lrnnx.ops as ops
+
+    kw = make_c(seed=32, ts=True)
+    ops.clear_backend_cache()
+    try:
+        assert ops.select_backend("selective_scan", device="cpu", dtype=torch.float32,
+                                  complex=True)[0] == "triton"
+        y, last = ops.selective_scan(**kw, delta_softplus=True, discretization="bilinear",
+                                     return_last_state=True, backend="triton")
+        yt, st = ops.selective_step(kw["u"][:, 0], kw["delta"][:, 0], kw["A"], kw["B"][:, 0],
+                                    kw["C"][:, 0], kw["h0"], backend="triton")
+    finally:
+        ops.clear_backend_cache()
+    ry, rl = selective_scan_ref(**{k: up(v) for k, v in kw.items()}, delta_softplus=True,
+                                discretization="bilinear", return_last_state=True)
+    assert_close(y, ry, torch.float32, "ops y")
+    assert_close(last, rl, torch.complex64, "ops h_last")
+    ryt, rst = selective_step(up(kw["u"][:, 0]), up(kw["delta"][:, 0]), up(kw["A"]),
+                              up(kw["B"][:, 0]), up(kw["C"][:, 0]), up(kw["h0"]))
+    assert_close(yt, ryt, torch.float32, "ops y_t")
+    assert_close(st, rst, torch.complex64, "ops state")
