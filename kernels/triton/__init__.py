@@ -7,7 +7,7 @@ The functions mirror the reference kernels' signatures (plus keyword-only tile s
 * :func:`diag_step` ``(a_t, b_t, h) -> h_new`` (``step.py``)
 * :func:`selective_scan` ``(u, delta, A, B, C, D=None, z=None, delta_bias=None,
   delta_softplus=False, discretization="mamba", timesteps=None, h0=None,
-  return_last_state=False)``: fused S6 with real A, B, C (``selective_scan.py``)
+  return_last_state=False)``: fused S6, real or complex A, B, C (``selective_scan.py``)
 * :func:`selective_step` ``(u_t, delta_t, A, B_t, C_t, state, ...) -> (y_t, state)``
 * :func:`available` / :func:`device_ok`: can they run here (cheap, see ``_host.py``).
 

@@ -58,6 +58,11 @@ def real_of(dtype: torch.dtype) -> torch.dtype:
     return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 
 
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    """complex64 for fp32, complex128 for fp64 (the complex state of a real compute dtype)."""
+    return torch.complex128 if real_of(dtype) == torch.float64 else torch.complex64
+
+
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """State / accumulation precision: fp64 if any input is double, else fp32."""
     return torch.float64 if any(real_of(d) == torch.float64 for d in dtypes) else torch.float32

@@ -11,10 +11,15 @@
   which is exact (one nonzero term) and independent of the reduction order.
 * ``discretize`` / ``discretize_grads``: the formulas of ``lrnnx_kernels.discretize`` for real
   ``A`` (``x = dt * A``), and their partial derivatives for the fused backward.
+* ``discretize_cplx`` / ``discretize_grads_cplx``: the same for complex ``A`` (dt real), every
+  complex number a ``(re, im)`` pair of real tensors; all the formulas are holomorphic in ``x``,
+  so the derivatives are the real ones evaluated at complex ``x``.  ``cmul`` / ``cdiv`` /
+  ``cexp`` / ``expm1`` are the complex (and real) helpers they need.
 * ``softplus`` / ``sigmoid`` with torch's semantics (softplus threshold 20).
 
 Only long-stable ``triton.language`` features are used (``associative_scan`` with tuples and
-``reverse``, ``where``, ``sum``, ``exp``, ``log``), so the kernels build on Triton 3.0 - 3.9.
+``reverse``, ``where``, ``sum``, ``exp``, ``log``, ``sin``, ``cos``), so the kernels build on
+Triton 3.0 - 3.9.
 """
 import triton
 import triton.language as tl
@@ -183,6 +188,212 @@ def discretize_grads(dt, A, DISC: tl.constexpr):
             ds_ddt = zero + 1.0
             ds_dA = zero
     return abar, scale, dadx, ds_ddt, ds_dA
+
+
+# ----------------------------------------------------------------------------- complex A
+# A complex number is a pair (re, im) of real tensors of one shape (or broadcastable shapes).
+
+
+@triton.jit
+def cmul(ar, ai, br, bi):
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def cdiv(ar, ai, br, bi):
+    """``a / b`` = ``a conj(b) / |b|^2``."""
+    inv = 1.0 / (br * br + bi * bi)
+    return (ar * br + ai * bi) * inv, (ai * br - ar * bi) * inv
+
+
+@triton.jit
+def cexp(xr, xi):
+    e = tl.exp(xr)
+    return e * tl.cos(xi), e * tl.sin(xi)
+
+
+@triton.jit
+def expm1(x):
+    """Real ``exp(x) - 1`` without cancellation near 0 (Kahan: ``(u - 1) x / log(u)``,
+    ``u = exp(x)``); plain ``exp(x) - 1`` for |x| > 0.5, where nothing cancels."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    near = (tl.abs(x) <= 0.5) & (um1 != 0.0)
+    lu = tl.log(tl.where(near, u, 2.0))
+    return tl.where(tl.abs(x) > 0.5, um1, tl.where(um1 == 0.0, x, um1 * (x / lu)))
+
+
+@triton.jit
+def _chorner(sr, si, xr, xi, c):
+    """One Horner step ``s * x + c`` (c real)."""
+    return sr * xr - si * xi + c, sr * xi + si * xr
+
+
+@triton.jit
+def _phi1_cplx(xr, xi):
+    """Complex ``phi1(x) = expm1(x) / x``: the 12-term series for |x| < 0.1, else the stable
+    complex expm1 of ``discretize._expm1`` (``Re = expm1(a) cos(b) - 2 sin(b/2)^2``,
+    ``Im = exp(a) sin(b)``) divided by x."""
+    small = xr * xr + xi * xi < 0.01
+    sr0 = tl.where(small, xr, 0.0)
+    si0 = tl.where(small, xi, 0.0)
+    sr = sr0 * 0.0 + 1.0 / 6227020800.0  # 1/13!
+    si = sr0 * 0.0
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 479001600.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 39916800.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 3628800.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 362880.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 40320.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 5040.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 720.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 120.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 24.0)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0 / 6.0)
+    sr, si = _chorner(sr, si, sr0, si0, 0.5)
+    sr, si = _chorner(sr, si, sr0, si0, 1.0)
+    br = tl.where(small, 1.0, xr)
+    bi = tl.where(small, 0.0, xi)
+    sh = tl.sin(0.5 * bi)
+    er = expm1(br) * tl.cos(bi) - 2.0 * sh * sh
+    ei = tl.exp(br) * tl.sin(bi)
+    qr, qi = cdiv(er, ei, br, bi)
+    return tl.where(small, sr, qr), tl.where(small, si, qi)
+
+
+@triton.jit
+def _dphi1_cplx(xr, xi, er, ei, pr, pi):
+    """Complex ``phi1'(x) = (exp(x) - phi1(x)) / x`` (series for |x| < 0.1); ``e = exp(x)``,
+    ``p = phi1(x)``."""
+    small = xr * xr + xi * xi < 0.01
+    sr0 = tl.where(small, xr, 0.0)
+    si0 = tl.where(small, xi, 0.0)
+    sr = sr0 * 0.0 + 12.0 / 6227020800.0  # j = 11: 12 / 13!
+    si = sr0 * 0.0
+    sr, si = _chorner(sr, si, sr0, si0, 11.0 / 479001600.0)
+    sr, si = _chorner(sr, si, sr0, si0, 10.0 / 39916800.0)
+    sr, si = _chorner(sr, si, sr0, si0, 9.0 / 3628800.0)
+    sr, si = _chorner(sr, si, sr0, si0, 8.0 / 362880.0)
+    sr, si = _chorner(sr, si, sr0, si0, 7.0 / 40320.0)
+    sr, si = _chorner(sr, si, sr0, si0, 6.0 / 5040.0)
+    sr, si = _chorner(sr, si, sr0, si0, 5.0 / 720.0)
+    sr, si = _chorner(sr, si, sr0, si0, 4.0 / 120.0)
+    sr, si = _chorner(sr, si, sr0, si0, 3.0 / 24.0)
+    sr, si = _chorner(sr, si, sr0, si0, 2.0 / 6.0)
+    sr, si = _chorner(sr, si, sr0, si0, 0.5)
+    br = tl.where(small, 1.0, xr)
+    bi = tl.where(small, 0.0, xi)
+    qr, qi = cdiv(er - pr, ei - pi, br, bi)
+    return tl.where(small, sr, qr), tl.where(small, si, qi)
+
+
+@triton.jit
+def discretize_cplx(dt, Ar, Ai, DISC: tl.constexpr):
+    """``(A_bar, B_scale)`` as ``(abar_re, abar_im, scale_re, scale_im)`` for complex ``A`` and
+    real ``dt`` (``x = dt * A``).  ``scale_im`` is 0 for mamba/euler/dirac (a real scale).
+    Masked entries (``dt = 0``) give ``A_bar = 1``, the identity of the scan."""
+    xr = dt * Ar
+    xi = dt * Ai
+    zero = xr * 0.0
+    if DISC == BILINEAR:
+        dr = 1.0 - 0.5 * xr
+        di = -0.5 * xi
+        ar, ai = cdiv(1.0 + 0.5 * xr, 0.5 * xi, dr, di)
+        sr, si = cdiv(dt + zero, zero, dr, di)
+    else:
+        ar, ai = cexp(xr, xi)
+        if DISC == ZOH:
+            pr, pi = _phi1_cplx(xr, xi)
+            sr = dt * pr
+            si = dt * pi
+        elif DISC == DIRAC:
+            sr = zero + 1.0
+            si = zero
+        else:
+            sr = dt + zero
+            si = zero
+    return ar, ai, sr, si
+
+
+@triton.jit
+def discretize_grads_cplx(dt, Ar, Ai, DISC: tl.constexpr):
+    """Complex :func:`discretize_grads`: ``(abar, scale, dA_bar/dx, dB_scale/ddt, dB_scale/dA)``,
+    each as a (re, im) pair (10 tensors), at ``x = dt * A``.  The maps are holomorphic, so these
+    are complex derivatives; the backward applies PyTorch's convention (conjugates) itself."""
+    xr = dt * Ar
+    xi = dt * Ai
+    zero = xr * 0.0
+    if DISC == BILINEAR:
+        dr = 1.0 - 0.5 * xr
+        di = -0.5 * xi
+        ar, ai = cdiv(1.0 + 0.5 * xr, 0.5 * xi, dr, di)
+        sr, si = cdiv(dt + zero, zero, dr, di)
+        d2r, d2i = cmul(dr, di, dr, di)
+        ir, ii = cdiv(zero + 1.0, zero, d2r, d2i)
+        gar = ir
+        gai = ii
+        gtr = ir
+        gti = ii
+        h = 0.5 * dt * dt
+        gAr = h * ir
+        gAi = h * ii
+    else:
+        ar, ai = cexp(xr, xi)
+        gar = ar
+        gai = ai
+        if DISC == ZOH:
+            pr, pi = _phi1_cplx(xr, xi)
+            sr = dt * pr
+            si = dt * pi
+            gtr = ar
+            gti = ai
+            qr, qi = _dphi1_cplx(xr, xi, ar, ai, pr, pi)
+            gAr = dt * dt * qr
+            gAi = dt * dt * qi
+        elif DISC == DIRAC:
+            sr = zero + 1.0
+            si = zero
+            gtr = zero
+            gti = zero
+            gAr = zero
+            gAi = zero
+        else:
+            sr = dt + zero
+            si = zero
+            gtr = zero + 1.0
+            gti = zero
+            gAr = zero
+            gAi = zero
+    return ar, ai, sr, si, gar, gai, gtr, gti, gAr, gAi
+
+
+@triton.jit
+def _discretize_cplx_test_kernel(dt_ptr, A_ptr, out_ptr, n, DISC: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    """Elementwise complex discretization over flat ``dt`` (real) and ``A`` (interleaved
+    (re, im)): rows 0-4 of ``out`` (also interleaved) are abar, scale, dA_bar/dx, dB_scale/ddt,
+    dB_scale/dA; rows 5-6 the differences between the two helpers (tests)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    dt = tl.load(dt_ptr + offs, mask=m, other=0.0)
+    Ar = tl.load(A_ptr + 2 * offs, mask=m, other=0.0)
+    Ai = tl.load(A_ptr + 2 * offs + 1, mask=m, other=0.0)
+    ar, ai, sr, si = discretize_cplx(dt, Ar, Ai, DISC)
+    gr, gi, hr, hi, dar, dai, dtr, dti, dAr, dAi = discretize_grads_cplx(dt, Ar, Ai, DISC)
+    o = 2 * offs
+    tl.store(out_ptr + o, ar, mask=m)
+    tl.store(out_ptr + o + 1, ai, mask=m)
+    tl.store(out_ptr + 2 * n + o, sr, mask=m)
+    tl.store(out_ptr + 2 * n + o + 1, si, mask=m)
+    tl.store(out_ptr + 4 * n + o, dar, mask=m)
+    tl.store(out_ptr + 4 * n + o + 1, dai, mask=m)
+    tl.store(out_ptr + 6 * n + o, dtr, mask=m)
+    tl.store(out_ptr + 6 * n + o + 1, dti, mask=m)
+    tl.store(out_ptr + 8 * n + o, dAr, mask=m)
+    tl.store(out_ptr + 8 * n + o + 1, dAi, mask=m)
+    tl.store(out_ptr + 10 * n + o, gr - ar, mask=m)
+    tl.store(out_ptr + 10 * n + o + 1, gi - ai, mask=m)
+    tl.store(out_ptr + 12 * n + o, hr - sr, mask=m)
+    tl.store(out_ptr + 12 * n + o + 1, hi - si, mask=m)
 
 
 @triton.jit

@@ -3,7 +3,8 @@
 * :func:`diag_step` ``(a_t, b_t, h) -> h_new``: ``h_new = a_t * h + b_t`` (the formula of
   ``lrnnx_kernels.diag_scan.diag_step``), a_t (B, D) or (1, D), real or complex, computed in
   fp32 (fp64 for double inputs), returned in the promoted dtype of ``a_t`` and ``b_t``.
-* :func:`selective_step`: one token of the S6 scan (see ``selective_scan.py``).
+* :func:`selective_step`: one token of the S6 scan (see ``selective_scan.py``), real or complex
+  A / B / C (complex ones as interleaved (re, im) pairs, cast like the scan does).
 
 Example::
 
@@ -19,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _host
-from ._tl import discretize, sigmoid, softplus
+from ._tl import discretize, discretize_cplx, sigmoid, softplus
 
 _BLOCK = 1024
 
@@ -166,6 +167,65 @@ def _selective_step_kernel(
     tl.store(out_ptr + soff, h.to(out_ptr.dtype.element_ty), mask=dn_m)
 
 
+@triton.jit
+def _selective_step_cplx_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ts_ptr, h_ptr, y_ptr, out_ptr,
+    Dm, N, G, dpg,
+    DISC: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_TS: tl.constexpr, HAS_H: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """:func:`_selective_step_kernel` with complex A, B, C and state (interleaved pairs):
+    ``h = a h + s u B``, ``y = Re(sum_n C h) + D u`` (times silu(z))."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b64 = pid_b.to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dm = d < Dm
+    n = tl.arange(0, BLOCK_N)
+    nm = n < N
+    dn_m = dm[:, None] & nm[None, :]
+    grp = (pid_d * BLOCK_D) // dpg
+    off = b64 * Dm + d
+    u = tl.load(u_ptr + off, mask=dm, other=0.0).to(ACC)
+    v = tl.load(dl_ptr + off, mask=dm, other=0.0).to(ACC)
+    if HAS_BIAS:
+        v = v + tl.load(bias_ptr + d, mask=dm, other=0.0).to(ACC)
+    if SOFTPLUS:
+        v = softplus(v)
+    if HAS_TS:
+        v = v * tl.load(ts_ptr + b64).to(ACC)
+    dt = tl.where(dm, v, 0.0)
+    aoff = (d[:, None] * N + n[None, :]) * 2
+    Ar = tl.load(A_ptr + aoff, mask=dn_m, other=0.0).to(ACC)
+    Ai = tl.load(A_ptr + aoff + 1, mask=dn_m, other=0.0).to(ACC)
+    boff = ((b64 * G + grp) * N + n) * 2
+    Br = tl.load(B_ptr + boff, mask=nm, other=0.0).to(ACC)[None, :]
+    Bi = tl.load(B_ptr + boff + 1, mask=nm, other=0.0).to(ACC)[None, :]
+    Cr = tl.load(C_ptr + boff, mask=nm, other=0.0).to(ACC)[None, :]
+    Ci = tl.load(C_ptr + boff + 1, mask=nm, other=0.0).to(ACC)[None, :]
+    ar, ai, sr, si = discretize_cplx(dt[:, None], Ar, Ai, DISC)
+    soff = (off[:, None] * N + n[None, :]) * 2
+    ur = u[:, None] * Br
+    ui = u[:, None] * Bi
+    hr = sr * ur - si * ui
+    hi = sr * ui + si * ur
+    if HAS_H:
+        pr = tl.load(h_ptr + soff, mask=dn_m, other=0.0).to(ACC)
+        pi = tl.load(h_ptr + soff + 1, mask=dn_m, other=0.0).to(ACC)
+        hr += ar * pr - ai * pi
+        hi += ar * pi + ai * pr
+    y = tl.sum(hr * Cr - hi * Ci, axis=1)
+    if HAS_D:
+        y = y + tl.load(D_ptr + d, mask=dm, other=0.0).to(ACC) * u
+    if HAS_Z:
+        zv = tl.load(z_ptr + off, mask=dm, other=0.0).to(ACC)
+        y = y * (zv * sigmoid(zv))
+    tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=dm)
+    tl.store(out_ptr + soff, hr.to(out_ptr.dtype.element_ty), mask=dn_m)
+    tl.store(out_ptr + soff + 1, hi.to(out_ptr.dtype.element_ty), mask=dn_m)
+
+
 @torch.library.custom_op("lrnnx::triton_selective_step", mutates_args=())
 def _selective_step_op(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor,
                        state: Optional[Tensor], D: Optional[Tensor], z_t: Optional[Tensor],
@@ -174,17 +234,22 @@ def _selective_step_op(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t
     Bt, Dm = u_t.shape
     G, N = B_t.shape[1], B_t.shape[2]
     acc = _host.acc_dtype(*(t.dtype for t in (u_t, delta_t, A, B_t, C_t, state) if t is not None))
+    cplx = A.is_complex()  # then B_t, C_t (and state) are complex too (see selective_step)
     bn = _host.pow2_ceil(N)
-    bd = block_d or max(1, min(_host.pow2_ceil(Dm), _host.pow2_floor(max(1, 4096 // bn))))
+    bd = block_d or max(1, min(_host.pow2_ceil(Dm),
+                               _host.pow2_floor(max(1, (2048 if cplx else 4096) // bn))))
     if G > 1:
         bd = _host.pow2_divisor(Dm // G, bd)
     y = torch.empty_like(u_t)
-    new = torch.empty((Bt, Dm, N), dtype=acc, device=u_t.device)
+    new = torch.empty((Bt, Dm, N), dtype=_host.complex_of(acc) if cplx else acc,
+                      device=u_t.device)
     o = lambda t: _host.dummy(u_t) if t is None else t  # noqa: E731
+    rv = _host.rview
+    kernel = _selective_step_cplx_kernel if cplx else _selective_step_kernel
     with _host.on_device(u_t):
-        _selective_step_kernel[(Bt, triton.cdiv(Dm, bd))](
-            u_t, delta_t, A, B_t, C_t, o(D), o(z_t), o(delta_bias), o(timesteps_t), o(state),
-            y, new, Dm, N, G, Dm // G,
+        kernel[(Bt, triton.cdiv(Dm, bd))](
+            u_t, delta_t, rv(A), rv(B_t), rv(C_t), o(D), o(z_t), o(delta_bias), o(timesteps_t),
+            o(None if state is None else rv(state)), y, rv(new), Dm, N, G, Dm // G,
             DISC=disc, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z_t is not None,
             HAS_BIAS=delta_bias is not None, HAS_TS=timesteps_t is not None,
             HAS_H=state is not None, ACC=_host.tl_dtype(acc), BLOCK_D=bd, BLOCK_N=bn,
@@ -195,8 +260,9 @@ def _selective_step_op(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t
 @_selective_step_op.register_fake
 def _(u_t, delta_t, A, B_t, C_t, state, D, z_t, delta_bias, timesteps_t, softplus, disc, block_d):
     acc = _host.acc_dtype(*(t.dtype for t in (u_t, delta_t, A, B_t, C_t, state) if t is not None))
+    sdt = _host.complex_of(acc) if A.is_complex() else acc
     return torch.empty_like(u_t), u_t.new_empty((u_t.shape[0], u_t.shape[1], B_t.shape[2]),
-                                                dtype=acc)
+                                                dtype=sdt)
 
 
 def _sstep_setup(ctx, inputs, output):
@@ -214,7 +280,8 @@ def _sstep_backward(ctx, gy, gstate):
     Bt, Dm = u.shape
     N = B.shape[2]
     acc = _host.acc_dtype(*(t.dtype for t in (u, dl, A, B, C, state) if t is not None))
-    ck = (state.to(acc) if state is not None else u.new_zeros((Bt, Dm, N), dtype=acc))[:, None]
+    sdt = _host.complex_of(acc) if A.is_complex() else acc
+    ck = (state.to(sdt) if state is not None else u.new_zeros((Bt, Dm, N), dtype=sdt))[:, None]
     one = lambda t: None if t is None else t.unsqueeze(1)  # noqa: E731
     g = _bwd_op(one(u), one(dl), A, one(B), one(C), D, one(z), bias, one(ts), ck.contiguous(),
                 one(gy), gstate, softplus, disc, 0, 0)
@@ -236,17 +303,32 @@ def selective_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t: Te
                    discretization: str = "mamba", timesteps_t: Tensor | None = None, *,
                    block_d: int = 0) -> tuple[Tensor, Tensor]:
     """One selective-scan token in one launch; same contract as
-    ``lrnnx_kernels.selective_scan.selective_step`` (real A, B, C).
+    ``lrnnx_kernels.selective_scan.selective_step`` (real or complex A, B, C, state; complex
+    inputs are cast as in :func:`~.selective_scan.selective_scan`).
 
     Returns ``(y_t, state)``: y_t (Bt, Dm) in u_t's dtype, the new state (Bt, Dm, N) in the
-    compute dtype (fp32, fp64 for double inputs).  Differentiable in every tensor input.
+    compute dtype (fp32, fp64 for double inputs; complex64 / complex128 when A or B_t is
+    complex).  Differentiable in every tensor input.
     """
     from lrnnx_kernels.selective_scan._common import check_shapes, group_view
 
     check_shapes(u_t.unsqueeze(1), delta_t.unsqueeze(1), A, discretization)
-    if A.is_complex() or B_t.is_complex() or C_t.is_complex():
-        raise TypeError("triton selective_step supports real A, B, C only; use the torch backend "
-                        "for complex S6")
+    for name, t in (("u_t", u_t), ("delta_t", delta_t), ("D", D), ("z_t", z_t),
+                    ("delta_bias", delta_bias), ("timesteps_t", timesteps_t)):
+        if t is not None and t.is_complex():
+            raise TypeError(f"triton selective_step: {name} must be real, got {t.dtype}")
+    cplx = A.is_complex() or B_t.is_complex()
+    if state is not None and state.is_complex() and not cplx:
+        raise TypeError("triton selective_step: state is complex but the recurrence is real (A "
+                        "and B_t are real); pass state.real, or complex A / B_t")
+    if cplx:
+        acc = _host.acc_dtype(*(t.dtype for t in (u_t, delta_t, A, B_t, C_t, state)
+                                if t is not None))
+        sdt = _host.complex_of(acc)
+        A, B_t, C_t = A.to(sdt), B_t.to(sdt), C_t.to(sdt)
+        state = None if state is None else state.to(sdt)
+    elif C_t.is_complex():  # real state: y reads Re(sum_n C h)
+        C_t = C_t.real
     Bt, Dm = u_t.shape
     N = A.shape[1]
     Bg = group_view(B_t, 1, Dm, "B_t")

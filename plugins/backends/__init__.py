@@ -9,8 +9,8 @@ name       priority  runs
 =========  ========  ==========================================================================
 cuda       35        JIT-compiled CUDA kernels on CUDA tensors (real and complex S6; diag scan);
                      steps aside for triton where triton was measured faster (``prefer``)
-triton     30        fused Triton kernels on CUDA tensors (real S6; complex diag scan), or on CPU
-                     tensors through the interpreter when TRITON_INTERPRET=1 (tests)
+triton     30        fused Triton kernels on CUDA tensors (real and complex S6; diag scan), or on
+                     CPU tensors through the interpreter when TRITON_INTERPRET=1 (tests)
 cpu        20        C++/OpenMP diag scan (JIT-built at first use), CPU tensors only
 torch      10        exact chunked PyTorch scans, any device and dtype (the fallback)
 torch_ref  0         sequential reference loops (float64 ground truth), by name only

@@ -51,8 +51,9 @@ _LOCK = threading.Lock()
 #: ================  ===================  ===================
 #:
 #: so real S6 goes to Triton, except in training (grad required) with half-precision inputs,
-#: where the CUDA backward wins; complex S6 (no Triton kernel) and the diagonal scan (cuda fp32
-#: fwd+bwd 0.67 vs 1.10 ms, complex64 0.71-0.78 vs 3.8-4.5 ms) stay here.
+#: where the CUDA backward wins; complex S6 (Triton runs it too, but its complex kernels are not
+#: in these measurements, so "auto" keeps it here) and the diagonal scan (cuda fp32 fwd+bwd 0.67
+#: vs 1.10 ms, complex64 0.71-0.78 vs 3.8-4.5 ms) stay here.
 _HALF = (torch.float16, torch.bfloat16)
 PREFER_TRITON: list[tuple[str, object, str]] = [
     ("selective_scan",

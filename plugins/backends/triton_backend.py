@@ -4,11 +4,11 @@ Runs ``lrnnx_kernels.triton``:
 
 * ``diag_scan``: chunked-carry associative scan, real fp16/bf16/fp32/fp64 or complex64/128,
   h0 / h_last, reverse, packed varlen, ``a`` shared across the batch; fused backward.
-* ``selective_scan``: fused S6 (discretization mamba/euler/zoh/bilinear/dirac in the kernel,
-  softplus + delta_bias, timesteps, D skip, z gate, grouped B/C, h0 / last state) with a fused
-  backward that recomputes states from per-tile checkpoints.  **Real** A, B, C only: complex S6
-  problems are rejected (the ``torch`` backend runs them).
-* ``diag_step`` / ``selective_step``: one kernel launch per decoding step.
+* ``selective_scan``: fused S6 with real or complex A / B / C (discretization
+  mamba/euler/zoh/bilinear/dirac in the kernel, softplus + delta_bias, timesteps, D skip, z gate,
+  grouped B/C, h0 / last state) with a fused backward that recomputes states from per-tile
+  checkpoints; complex gradients in PyTorch's conjugate convention.
+* ``diag_step`` / ``selective_step``: one kernel launch per decoding step (real or complex).
 
 ``available()`` is cheap (no triton import): triton must be importable and a CUDA device present,
 or ``TRITON_INTERPRET=1`` set (then the kernels run CPU tensors through Triton's interpreter:
@@ -120,10 +120,7 @@ class TritonBackend(lrnnx.ScanBackend):
                 return False, (f"the Triton diag scan takes fp16/bf16/fp32/fp64/complex64/"
                                f"complex128, got {dtype}")
             return True, ""
-        if op in _SELECTIVE:
-            if problem.get("complex"):
-                return False, ("the Triton selective scan supports real A, B, C only (complex S6 "
-                               "runs on the torch backend)")
+        if op in _SELECTIVE:  # real or complex A / B / C; u (the problem's dtype) is real
             if dtype not in _REAL:
                 return False, f"the Triton selective scan takes fp16/bf16/fp32/fp64 u, got {dtype}"
             method = problem.get("discretization", "mamba")

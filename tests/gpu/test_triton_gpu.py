@@ -104,19 +104,27 @@ def test_diag_scan_varlen_and_shared_a(reverse):
         close(x, r, torch.float32, "shared a")
 
 
-def ss_inputs(Bt, L, Dm, N, G, dtype, seed, ts=False):
+def ss_inputs(Bt, L, Dm, N, G, dtype, seed, ts=False, cplx=False):
+    """S6 inputs; ``cplx``: complex A (Re < 0, any phase), B, C, h0, stored as complex64 (u,
+    delta, z in ``dtype``, the other real ones fp32)."""
     g = torch.Generator(device=dev).manual_seed(seed)
 
     def r(*s):
         return torch.randn(*s, device=dev, generator=g, dtype=f64)
 
+    def c(*s):
+        return torch.complex(r(*s), r(*s)) if cplx else r(*s)
+
     bc = (Bt, L, N) if G is None else (Bt, L, G, N)
     A = -torch.exp(torch.rand(Dm, N, device=dev, generator=g, dtype=f64) * 3 - 1.5)
-    kw = dict(u=r(Bt, L, Dm), delta=r(Bt, L, Dm) * 0.5 - 2.0, A=A, B=r(*bc), C=r(*bc),
+    if cplx:
+        A = torch.complex(A, torch.rand(Dm, N, device=dev, generator=g, dtype=f64) * 6 - 3)
+    kw = dict(u=r(Bt, L, Dm), delta=r(Bt, L, Dm) * 0.5 - 2.0, A=A, B=c(*bc), C=c(*bc),
               D=r(Dm), z=r(Bt, L, Dm), delta_bias=r(Dm) * 0.1,
               timesteps=torch.rand(Bt, L, device=dev, generator=g, dtype=f64) + 0.5 if ts
-              else None, h0=r(Bt, Dm, N))
-    low = {k: (v.to(dtype) if k not in ("A", "D", "delta_bias") else v.float())
+              else None, h0=c(Bt, Dm, N))
+    low = {k: (v.to(torch.complex64) if v.is_complex() else
+               v.to(dtype) if k not in ("A", "D", "delta_bias") else v.float())
            for k, v in kw.items() if v is not None}
     return low
 
@@ -133,8 +141,9 @@ def ss_run(f, kw, method, **extra):
 
     g = torch.Generator(device=dev).manual_seed(5)
     Bt, L, Dm = kw["u"].shape
+    hdt = torch.complex64 if kw["h0"].is_complex() else torch.float32  # weights of h_last
     w = [torch.randn(Bt, L, Dm, device=dev, generator=g),
-         torch.randn(kw["h0"].shape, device=dev, generator=g)]
+         torch.randn(kw["h0"].shape, device=dev, generator=g, dtype=hdt)]
     return grads(call, [kw[k] for k in names], w), names
 
 
@@ -158,6 +167,30 @@ def test_selective_scan_grouped():
         close(x, r, torch.float32, n)
 
 
+@pytest.mark.parametrize("method", ["mamba", "zoh", "bilinear", "dirac"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_scan_complex_full(method, dtype):
+    """Complex A, B, C, h0 (complex64), u / delta / z in ``dtype``: y, the complex h_last and every
+    input's gradient (PyTorch's conjugate convention) against the complex128 chunked scan."""
+    kw = ss_inputs(2, 1027, 512, 16, None, dtype, seed=11, ts=method == "zoh", cplx=True)
+    (out, gr), names = ss_run(kt.selective_scan, kw, method)
+    (ref, rg), _ = ss_run(selective_scan_chunked, {k: up(v) for k, v in kw.items()}, method)
+    assert out[1].dtype == torch.complex64
+    close(out[0], ref[0], dtype, "y")
+    close(out[1], ref[1], torch.complex64, "h_last")
+    for x, r, n in zip(gr, rg, names):
+        assert x.dtype == kw[n].dtype, n
+        close(x, r, dtype, f"grad {n}")
+
+
+def test_selective_scan_complex_grouped():
+    kw = ss_inputs(3, 777, 256, 16, 4, torch.float32, seed=12, ts=True, cplx=True)
+    (out, gr), names = ss_run(kt.selective_scan, kw, "zoh")
+    (ref, rg), _ = ss_run(selective_scan_chunked, {k: up(v) for k, v in kw.items()}, "zoh")
+    for x, r, n in zip(out + gr, ref + rg, ("y", "h_last", *names)):
+        close(x, r, torch.float32, n)
+
+
 def test_steps_match_scans():
     a, b, h0 = diag_inputs(4, 1, 1024, torch.complex64, seed=8)
     h = kt.diag_step(a[:, 0], b[:, 0], h0)
@@ -169,6 +202,14 @@ def test_steps_match_scans():
                                True, "mamba", kw["timesteps"][:, 0])
     close(yt, y[:, 0], torch.float32, "selective_step y")
     close(st, last, torch.float32, "selective_step state")
+    kw = ss_inputs(4, 1, 768, 16, 2, torch.float32, seed=13, ts=True, cplx=True)
+    y, last = kt.selective_scan(**kw, delta_softplus=True, return_last_state=True,
+                                discretization="zoh")
+    yt, st = kt.selective_step(kw["u"][:, 0], kw["delta"][:, 0], kw["A"], kw["B"][:, 0],
+                               kw["C"][:, 0], kw["h0"], kw["D"], kw["z"][:, 0], kw["delta_bias"],
+                               True, "zoh", kw["timesteps"][:, 0])
+    close(yt, y[:, 0], torch.float32, "complex selective_step y")
+    close(st, last, torch.complex64, "complex selective_step state")
 
 
 def test_torch_compile_inductor_fullgraph():
@@ -202,8 +243,9 @@ def test_dispatch_picks_triton():
     # the cuda backend (priority 35) takes what it runs fastest; triton is next in line
     name, _ = ops.select_backend("diag_scan", device="cuda", dtype="float32")
     assert name in ("cuda", "triton")
+    # complex S6: triton can run it; "auto" keeps it on cuda when cuda is there
     name, why = ops.select_backend("selective_scan", device="cuda", dtype="float32", complex=True)
-    assert name != "triton" and "real A" in why["triton"]
+    assert name in ("cuda", "triton") and "triton" not in why
     assert ops.select_backend("selective_scan", device="cuda", dtype="float32")[0] == "triton"
     a, b, h0 = diag_inputs(2, 100, 64, torch.float32, seed=12)
     h, last = ops.diag_scan(a, b, h0, backend="triton")
