@@ -2,6 +2,8 @@
 the dispatcher's ``prefer`` hook that chooses between cuda and triton.  The kernels themselves
 are tested on a GPU: tests/gpu/test_cuda_gpu.py."""
 import pytest
+from pathlib import Path
+
 import torch
 
 import lrnnx
@@ -48,13 +50,37 @@ def test_supports_rules():
     assert not ok and "varlen" in why
     assert b.supports("selective_scan", device="cuda", dtype=torch.bfloat16,
                       discretization="bilinear", complex=True)[0]
-    assert not b.prefer("selective_scan", complex=False)[0]
-    assert not b.prefer("selective_scan", dtype=torch.float32, requires_grad=True)[0]
-    assert b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=True)[0]
-    assert not b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=False)[0]
+    # real S6 the tiled kernels take (N <= 32, 32-channel blocks inside a group): cuda, always
+    tiled = dict(complex=False, d_state=16, channels=1536, groups=1)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        for grad in (False, True):
+            assert b.prefer("selective_scan", dtype=dt, requires_grad=grad, **tiled)[0]
+    assert b.prefer("selective_scan", dtype=torch.float32, d_state=32, channels=256, groups=4)[0]
+    # outside them (N > 32, fp64, groups splitting a block): triton unless half-precision training
+    for other in (dict(d_state=64, channels=1536, groups=1), dict(d_state=16, channels=36, groups=3)):
+        assert not b.prefer("selective_scan", dtype=torch.float32, requires_grad=True, **other)[0]
+        assert b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=True, **other)[0]
+        ok, why = b.prefer("selective_scan", dtype=torch.bfloat16, requires_grad=False, **other)
+        assert not ok and "N > 32" in why
+    assert not b.prefer("selective_scan", dtype=torch.float64, d_state=16, channels=64)[0]
     assert not b.prefer("selective_step", complex=False)[0]
     assert b.prefer("selective_scan", complex=True)[0]
     assert b.prefer("diag_scan", width=1)[0]
+
+
+def test_tiled_selective_rule_matches_the_cuda_source():
+    # kernels/cuda/ops.py tiled_selective mirrors selective_tiled_ok in selective_tiled.cu
+    from lrnnx_kernels.cuda import ops as kops
+
+    src = (Path(kops.__file__).parent / "csrc" / "selective_tiled.cu").read_text()
+    assert f"constexpr int kTileMaxN = {kops.TILED_MAX_N};" in src
+    assert "return p.G == 1 || (p.Dm / p.G) % 32 == 0;" in src
+    assert "p.cplx || p.dtype == DType::F64 || p.N > kTileMaxN" in src
+    f = kops.tiled_selective
+    assert f(torch.float32, False, 16, 1536, 1) and f(torch.bfloat16, False, 32, 100, 1)
+    assert f(torch.float16, False, 1, 256, 4) and not f(torch.float16, False, 1, 256, 16)
+    assert not f(torch.float32, True, 16, 64, 1) and not f(torch.float64, False, 16, 64, 1)
+    assert not f(torch.float32, False, 33, 64, 1) and not f(torch.complex64, False, 16, 64, 1)
 
 
 def test_fake_implementations_shapes():

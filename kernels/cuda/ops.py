@@ -52,6 +52,19 @@ def chunk_len(double: bool, cplx: bool) -> int:
     return 32 // size
 
 
+TILED_MAX_N = 32  # selective_tiled.cu kTileMaxN
+
+
+def tiled_selective(dtype: torch.dtype, cplx: bool, N: int, channels: int, groups: int) -> bool:
+    """Whether the S6 forward/backward run the token-tiled kernels (``selective_tiled_ok`` in
+    ``csrc/selective_tiled.cu``; keep the two in step): real, an fp32 state (fp32/fp16/bf16
+    inputs), ``N <= 32``, and every block of 32 channels inside one group of B / C.  The
+    ``LRNNX_SEL_TILED=0`` switch is not reflected here (it is for kernel comparisons)."""
+    if cplx or dtype.is_complex or _real(dtype) == torch.float64 or not 1 <= N <= TILED_MAX_N:
+        return False
+    return groups == 1 or (channels // max(groups, 1)) % 32 == 0
+
+
 # ----------------------------------------------------------------------------- diag scan
 @torch.library.custom_op("lrnnx::cuda_diag_scan", mutates_args=())
 def _diag_op(a: Tensor, b: Tensor, h0: Optional[Tensor], cu: Optional[Tensor],

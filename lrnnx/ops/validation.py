@@ -293,6 +293,7 @@ def check_selective(op: str, *, step: bool, u, delta, A, B, C, D, z, delta_bias,
             t is not None and t.requires_grad for t in tensors),
         "L": 1 if step else u.shape[1],
         "width": u.shape[0] * u.shape[-1],  # parallel channels (Bt * Dm)
+        "channels": u.shape[-1],  # Dm
         "discretization": discretization_,
         "d_state": N,
         "groups": G,

@@ -40,26 +40,47 @@ _METHODS = ("mamba", "euler", "zoh", "bilinear", "dirac")
 MAX_STATE = 128  # kernels/cuda/csrc/selective.cuh kSelMaxN
 _LOCK = threading.Lock()
 
-#: Where ``"auto"`` should take Triton instead: ``(op, predicate(problem), reason)``, from the
-#: H200 runs of benchmarks/gpu_scan.py on 2026-11-29 (benchmarks/RESULTS.md, B8 L2048 D1536 N16):
+#: Where ``"auto"`` should take Triton instead: ``(op, predicate(problem), reason)``, from H200
+#: runs of B8 L2048 D1536 N16 (benchmarks/RESULTS.md; the tiled rows: session 3, 2026-11-29,
+#: cuda and triton in the same run):
 #:
-#: ================  ===================  ===================
-#: selective scan    cuda fwd / fwd+bwd   triton fwd / fwd+bwd
-#: ================  ===================  ===================
-#: fp32              2.66 / 9.45 ms       0.746 / 9.37 ms
-#: bf16              3.11 / 10.52 ms      1.50 / 15.93 ms
-#: ================  ===================  ===================
+#: =====================================  ===================  ===================
+#: selective scan (fwd / fwd+bwd, ms)     cuda                 triton
+#: =====================================  ===================  ===================
+#: fp32, tiled kernels (real, N <= 32)    0.625 / 2.64         0.869 / 8.53
+#: bf16, tiled kernels                    0.620 / 2.58         1.45 / 15.4
+#: fp32, per-channel kernels (N > 32 ..)  2.77 / 9.63          (as above)
+#: bf16, per-channel kernels              3.30 / 10.8          (as above)
+#: =====================================  ===================  ===================
 #:
-#: so real S6 goes to Triton, except in training (grad required) with half-precision inputs,
-#: where the CUDA backward wins; complex S6 (Triton runs it too, but its complex kernels are not
-#: in these measurements, so "auto" keeps it here) and the diagonal scan (cuda fp32 fwd+bwd 0.67
-#: vs 1.10 ms, complex64 0.71-0.78 vs 3.8-4.5 ms) stay here.
+#: so real S6 stays here whenever the token-tiled kernels take it
+#: (:func:`lrnnx_kernels.cuda.tiled_selective`: real, fp32 state, N <= 32, blocks of 32 channels
+#: inside one group of B / C); otherwise it goes to Triton except in training with half-precision
+#: inputs.  Complex S6 (Triton runs it too, but its complex kernels are not in these measurements)
+#: and the diagonal scan (cuda fp32 fwd+bwd 0.67 vs 1.10 ms, complex64 0.71-0.78 vs 3.8-4.5 ms)
+#: stay here.
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _tiled(problem) -> bool:
+    from lrnnx_kernels.cuda.ops import tiled_selective
+
+    dtype = _dtype(problem)
+    return tiled_selective(dtype, bool(problem.get("complex", False)),
+                           int(problem.get("d_state", 16)), int(problem.get("channels", 0)),
+                           int(problem.get("groups", 1)))
+
+
+def _s6_to_triton(problem) -> bool:
+    if problem.get("complex", False) or _tiled(problem):
+        return False
+    return not (problem.get("requires_grad", False) and _dtype(problem) in _HALF)
+
+
 PREFER_TRITON: list[tuple[str, object, str]] = [
-    ("selective_scan",
-     lambda p: not p.get("complex", False)
-     and not (p.get("requires_grad", False) and _dtype(p) in _HALF),
-     "real selective scan: the Triton kernel was measured faster here (fp32, or no gradient)"),
+    ("selective_scan", _s6_to_triton,
+     "real selective scan outside the tiled CUDA kernels (N > 32, fp64 or groups that split a "
+     "block of 32 channels): the Triton kernel was measured faster (fp32, or no gradient)"),
     ("selective_step", lambda p: not p.get("complex", False),
      "real selective step: Triton, like the scan it continues"),
 ]

@@ -129,7 +129,7 @@ def test_selective_scan_tiled_shapes(L, Dm, N, dtype, s6_kernel):
     _check_ss(kw, "zoh" if L % 2 else "mamba", dtype)
 
 
-@pytest.mark.parametrize("W", ["4", "16"])
+@pytest.mark.parametrize("W", ["4", "8", "16"])
 def test_selective_scan_tiled_warps(W, monkeypatch):
     # the warps-per-block knob of the tiled kernels (default 8) for fwd and bwd
     monkeypatch.setenv("LRNNX_SEL_TILE_W", W)

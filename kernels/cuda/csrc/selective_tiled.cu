@@ -57,20 +57,74 @@ __device__ __forceinline__ float lane_transpose_sum(float (&v)[NV], int lane) {
   return v[0];
 }
 
-// Copy a tile's rows of B and C (tokens x N, token stride `stride`) to shared memory; rows at or
-// past `rows` are zeros.  All loads are issued before the stores.
+// exp(x) as 2^(x log2 e) on the MUFU unit (ex2.approx: relative error < 2^-22, flushes results
+// below 2^-126 to 0), as mamba_ssm does; the accurate expf costs ~8 instructions and these
+// kernels evaluate it 2 (forward) or 3 (backward) times per token and state.  Used for the methods
+// whose a = exp(dt A) is all they need (mamba / euler and dirac); zoh and bilinear keep the
+// shared formulas (zoh's expm1 would lose digits through 2^x - 1).
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+template <int DISC>
+__device__ __forceinline__ void disc_tiled(float dt, float A, float& a, float& s) {
+  if constexpr (DISC == MAMBA || DISC == DIRAC) {
+    a = ex2_approx(dt * (A * kLog2e));
+    s = DISC == MAMBA ? dt : 1.f;
+  } else {
+    discretize_t<DISC>(dt, A, a, s);
+  }
+}
+template <int DISC>
+__device__ __forceinline__ void disc_grads_tiled(float dt, float A, float& a, float& s,
+                                                 float& dadx, float& dsdt, float& dsdA) {
+  if constexpr (DISC == MAMBA || DISC == DIRAC) {
+    a = ex2_approx(dt * (A * kLog2e));
+    dadx = a;
+    s = DISC == MAMBA ? dt : 1.f;
+    dsdt = DISC == MAMBA ? 1.f : 0.f;
+    dsdA = 0.f;
+  } else {
+    discretize_grads_t<DISC>(dt, A, a, s, dadx, dsdt, dsdA);
+  }
+}
+
+// Methods whose a is exp(dt A) and whose input scale s does not depend on A (mamba / euler: s = dt,
+// dirac: s = 1): s * u is then one value per token, and the backward reuses a from its
+// recomputation instead of evaluating the exponential a third time.
+template <int DISC> constexpr bool kExpOnly = DISC == MAMBA || DISC == DIRAC;
+template <int DISC> __device__ __forceinline__ float su_token(float dt, float u) {
+  return DISC == MAMBA ? dt * u : u;
+}
+
+// K consecutive states as one shared-memory access (LDS.64 / LDS.128): the tiled kernels work
+// on groups of K states, so a warp has K independent recurrences in flight.
+template <int K> struct alignas(4 * K) Vk { float v[K]; };
+template <int K> __device__ __forceinline__ Vk<K> vfill(float x) {
+  Vk<K> r;
+#pragma unroll
+  for (int k = 0; k < K; ++k) r.v[k] = x;
+  return r;
+}
+
+// Copy a tile's rows of B and C (token stride `stride` in global memory, N states) to shared
+// memory rows of NS >= N floats (the padding and rows at or past `rows` are zeros).  All loads
+// are issued before the stores.
 template <int NT>
 __device__ __forceinline__ void stage_bc(const float* __restrict__ Bm, const float* __restrict__ Cm,
                                          float* tB, float* tC, int64_t base, int64_t stride,
-                                         int total, int N, int rows, int tid) {
+                                         int TT, int N, int NS, int rows, int tid) {
   constexpr int PER = (kTileI * (NT / 32) * kTileMaxN + NT - 1) / NT;
+  const int total = TT * NS;
   float bst[PER], cst[PER];
 #pragma unroll
   for (int k = 0; k < PER; ++k) {
     const int e = tid + k * NT;
-    const int tt = e / N;
-    const bool ok = e < total && tt < rows;
-    const int64_t bo = base + (int64_t)tt * stride + (e - tt * N);
+    const int tt = e / NS, n = e - tt * NS;
+    const bool ok = e < total && tt < rows && n < N;
+    const int64_t bo = base + (int64_t)tt * stride + n;
     bst[k] = ok ? __ldg(Bm + bo) : 0.f;
     cst[k] = ok ? __ldg(Cm + bo) : 0.f;
   }
@@ -81,24 +135,51 @@ __device__ __forceinline__ void stage_bc(const float* __restrict__ Bm, const flo
   }
 }
 
+// Per-block constants: A for the block's channels as groups of K states ([NG][32] vectors; the
+// padding states have A = 0, i.e. a = 1, and B = C = 0, so they stay at zero), and an initial
+// per-channel state vector (h0, or the gradient of h_last), zeros when `init` is null.
+template <int K>
+__device__ __forceinline__ void load_groups(const float* __restrict__ Am,
+                                            const float* __restrict__ init, Vk<K>* sA,
+                                            Vk<K>* sinit, int64_t b, int64_t d0, int64_t Dm,
+                                            int N, int NG, int tid, int NT) {
+  for (int e = tid; e < NG * 32; e += NT) {
+    const int q = e >> 5;
+    const int64_t dd = d0 + (e & 31);
+    Vk<K> a, h;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int n = q * K + k;
+      const bool ok = dd < Dm && n < N;
+      a.v[k] = ok ? Am[dd * N + n] : 0.f;
+      h.v[k] = (ok && init != nullptr) ? init[(b * Dm + dd) * N + n] : 0.f;
+    }
+    sA[e] = a;
+    sinit[e] = h;
+  }
+}
+
 // ----------------------------------------------------------------------------------- forward
 // Register caps through the minimum resident blocks: 24 warps per SM for the forward (<= 85
-// registers), 16 for the backward (<= 128); uncapped, ptxas takes 119 / 183.
+// registers), 16 for the backward (<= 128).
 template <int W> constexpr int fwd_min_blocks() { return W >= 16 ? 1 : 24 / W; }
 template <int W> constexpr int bwd_min_blocks() { return W >= 16 ? 1 : 16 / W; }
+constexpr int kFwdK = 4;  // states per group, forward
+constexpr int kBwdK = 2;  // backward (more live values per state)
 
 template <typename T, int DISC, int W>
 __global__ void __launch_bounds__(32 * W, fwd_min_blocks<W>())
 sel_fwd_tiled_kernel(const SelParams p) {
-  constexpr int I = kTileI, TT = W * I, NT = 32 * W;
-  extern __shared__ float smem[];
-  const int N = (int)p.N;
-  float* sB = smem;                 // [2][TT][N]  (double-buffered over tiles)
-  float* sC = sB + 2 * TT * N;      // [2][TT][N]
-  float* sP = sC + 2 * TT * N;      // [N][W][32]
-  float* sH = sP + N * W * 32;      // [N][W][32]
-  float* scar = sH + N * W * 32;    // [2][N][32] state entering the tile
-  float* sA = scar + 2 * N * 32;    // [N][32]
+  constexpr int I = kTileI, TT = W * I, NT = 32 * W, K = kFwdK;
+  using V = Vk<K>;
+  extern __shared__ float4 smem4[];
+  const int N = (int)p.N, NG = (N + K - 1) / K, NS = NG * K;
+  float* sB = reinterpret_cast<float*>(smem4);  // [2][TT][NS]  (double-buffered over tiles)
+  float* sC = sB + 2 * TT * NS;                 // [2][TT][NS]
+  V* sP = reinterpret_cast<V*>(sC + 2 * TT * NS);  // [NG][W][32]
+  V* sH = sP + NG * W * 32;                     // [NG][W][32]
+  V* scar = sH + NG * W * 32;                   // [2][NG][32] state entering the tile
+  V* sA = scar + 2 * NG * 32;                   // [NG][32]
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int64_t b = blockIdx.y, L = p.L, Dm = p.Dm, G = p.G, d0 = (int64_t)blockIdx.x * 32;
   const int64_t d = d0 + lane;
@@ -107,21 +188,13 @@ sel_fwd_tiled_kernel(const SelParams p) {
   const T* __restrict__ u = static_cast<const T*>(p.u);
   const T* __restrict__ delta = static_cast<const T*>(p.delta);
   const T* __restrict__ z = static_cast<const T*>(p.z);
-  const float* __restrict__ Bm = static_cast<const float*>(p.B);
-  const float* __restrict__ Cm = static_cast<const float*>(p.C);
   const float* __restrict__ ts = static_cast<const float*>(p.ts);
-  const float* __restrict__ Am = static_cast<const float*>(p.A);
-  const float* __restrict__ h0 = static_cast<const float*>(p.h0);
   T* __restrict__ yout = static_cast<T*>(p.y);
   float* __restrict__ ck = static_cast<float*>(p.ck);
   const bool has_z = z != nullptr, has_ts = ts != nullptr;
 
-  for (int e = tid; e < N * 32; e += NT) {
-    const int n = e >> 5;
-    const int64_t dd = d0 + (e & 31);
-    sA[e] = dd < Dm ? Am[dd * N + n] : 0.f;
-    scar[e] = (dd < Dm && h0 != nullptr) ? h0[(b * Dm + dd) * N + n] : 0.f;
-  }
+  load_groups<K>(static_cast<const float*>(p.A), static_cast<const float*>(p.h0), sA, scar, b,
+                 d0, Dm, N, NG, tid, NT);
   const float Dd = (dok && p.D != nullptr) ? static_cast<const float*>(p.D)[d] : 0.f;
   const float bias = (dok && p.bias != nullptr) ? static_cast<const float*>(p.bias)[d] : 0.f;
   const int64_t ntiles = (L + TT - 1) / TT;
@@ -141,26 +214,33 @@ sel_fwd_tiled_kernel(const SelParams p) {
       dtv[i] = ok ? make_dt(dv, bias, p.softplus, has_ts, tv).dt : 0.f;
       zv[i] = (ok && has_z) ? Store<T>::ld(z + off) : 0.f;
     }
-    float* tB = sB + par * TT * N;
-    float* tC = sC + par * TT * N;
-    stage_bc<NT>(Bm, Cm, tB, tC, ((b * L + tile * TT) * G + g) * N, G * N, TT * N, N,
+    float* tB = sB + par * TT * NS;
+    float* tC = sC + par * TT * NS;
+    stage_bc<NT>(static_cast<const float*>(p.B), static_cast<const float*>(p.C), tB, tC,
+                 ((b * L + tile * TT) * G + g) * N, G * N, TT, N, NS,
                  (int)(L - tile * TT < TT ? L - tile * TT : TT), tid);
     __syncthreads();  // B / C of this tile staged; the previous tile's pass 2 is done
     // pass 1: each warp's (P, H) from a zero state
-    const float* wB = tB + w * I * N;
-    const float* wC = tC + w * I * N;
-    for (int n = 0; n < N; ++n) {
-      const float An = sA[n * 32 + lane];
-      float P = 1.f, H = 0.f;
+    const V* wB = reinterpret_cast<const V*>(tB + w * I * NS);
+    const V* wC = reinterpret_cast<const V*>(tC + w * I * NS);
+    for (int q = 0; q < NG; ++q) {
+      const V A = sA[q * 32 + lane];
+      V P = vfill<K>(1.f), H = vfill<K>(0.f);
 #pragma unroll
       for (int i = 0; i < I; ++i) {
-        float a, s;
-        discretize_t<DISC>(dtv[i], An, a, s);
-        H = a * H + s * (uv[i] * wB[i * N + n]);
-        P *= a;
+        const V Bv = wB[i * NG + q];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          float a, s;
+          disc_tiled<DISC>(dtv[i], A.v[k], a, s);
+          const float bx = kExpOnly<DISC> ? su_token<DISC>(dtv[i], uv[i]) * Bv.v[k]
+                                          : s * (uv[i] * Bv.v[k]);
+          H.v[k] = a * H.v[k] + bx;
+          P.v[k] *= a;
+        }
       }
-      sP[(n * W + w) * 32 + lane] = P;
-      sH[(n * W + w) * 32 + lane] = H;
+      sP[(q * W + w) * 32 + lane] = P;
+      sH[(q * W + w) * 32 + lane] = H;
     }
     __syncthreads();  // every warp's (P, H) is visible
     // pass 2: the true state entering the warp's piece, then the outputs
@@ -169,21 +249,35 @@ sel_fwd_tiled_kernel(const SelParams p) {
     for (int i = 0; i < I; ++i) y[i] = 0.f;
     const int64_t kc = t0 / I;
     const bool store = p.store_ck && dok && t0 < L;
-    const float* cin = scar + par * N * 32;
-    float* cout = scar + (par ^ 1) * N * 32;
-    for (int n = 0; n < N; ++n) {
-      float h = cin[n * 32 + lane];
-      for (int w2 = 0; w2 < w; ++w2) h = sP[(n * W + w2) * 32 + lane] * h + sH[(n * W + w2) * 32 + lane];
-      if (store) ck[((b * p.n_ck + kc) * N + n) * Dm + d] = h;
-      const float An = sA[n * 32 + lane];
+    const V* cin = scar + par * NG * 32;
+    V* cout = scar + (par ^ 1) * NG * 32;
+    for (int q = 0; q < NG; ++q) {
+      V h = cin[q * 32 + lane];
+      for (int w2 = 0; w2 < w; ++w2) {
+        const V P = sP[(q * W + w2) * 32 + lane], H = sH[(q * W + w2) * 32 + lane];
+#pragma unroll
+        for (int k = 0; k < K; ++k) h.v[k] = P.v[k] * h.v[k] + H.v[k];
+      }
+      if (store) {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          if (q * K + k < N) ck[((b * p.n_ck + kc) * N + q * K + k) * Dm + d] = h.v[k];
+      }
+      const V A = sA[q * 32 + lane];
 #pragma unroll
       for (int i = 0; i < I; ++i) {
-        float a, s;
-        discretize_t<DISC>(dtv[i], An, a, s);
-        h = a * h + s * (uv[i] * wB[i * N + n]);
-        y[i] += wC[i * N + n] * h;
+        const V Bv = wB[i * NG + q], Cv = wC[i * NG + q];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          float a, s;
+          disc_tiled<DISC>(dtv[i], A.v[k], a, s);
+          const float bx = kExpOnly<DISC> ? su_token<DISC>(dtv[i], uv[i]) * Bv.v[k]
+                                          : s * (uv[i] * Bv.v[k]);
+          h.v[k] = a * h.v[k] + bx;
+          y[i] += Cv.v[k] * h.v[k];
+        }
       }
-      if (w == W - 1) cout[n * 32 + lane] = h;  // the next tile's carry (other buffer)
+      if (w == W - 1) cout[q * 32 + lane] = h;  // the next tile's carry (other buffer)
     }
 #pragma unroll
     for (int i = 0; i < I; ++i) {
@@ -195,10 +289,15 @@ sel_fwd_tiled_kernel(const SelParams p) {
     }
   }
   __syncthreads();
-  const float* fin = scar + par * N * 32;  // written by the last warp in the final tile
-  for (int e = tid; e < N * 32; e += NT) {
+  const V* fin = scar + par * NG * 32;  // written by the last warp in the final tile
+  for (int e = tid; e < NG * 32; e += NT) {
     const int64_t dd = d0 + (e & 31);
-    if (dd < Dm) static_cast<float*>(p.last)[(b * Dm + dd) * N + (e >> 5)] = fin[e];
+    const V h = fin[e];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int n = (e >> 5) * K + k;
+      if (dd < Dm && n < N) static_cast<float*>(p.last)[(b * Dm + dd) * N + n] = h.v[k];
+    }
   }
 }
 
@@ -206,17 +305,18 @@ sel_fwd_tiled_kernel(const SelParams p) {
 template <typename T, int DISC, int W>
 __global__ void __launch_bounds__(32 * W, bwd_min_blocks<W>())
 sel_bwd_tiled_kernel(const SelParams p) {
-  constexpr int I = kTileI, TT = W * I, NT = 32 * W;
-  extern __shared__ float smem[];
-  const int N = (int)p.N;
-  float* sB = smem;                 // [2][TT][N]
-  float* sC = sB + 2 * TT * N;      // [2][TT][N]
-  float* sP = sC + 2 * TT * N;      // [N][W][32]
-  float* sL = sP + N * W * 32;      // [N][W][32]
-  float* src = sL + N * W * 32;     // [2][N][32] adjoint entering the tile from the right
-  float* sA = src + 2 * N * 32;     // [N][32]
-  float* sdA = sA + N * 32;         // [N][W][32] per-thread dA accumulators
-  float* sred = sdA + N * W * 32;   // [2][W][32] dD, dbias at the end
+  constexpr int I = kTileI, TT = W * I, NT = 32 * W, K = kBwdK;
+  using V = Vk<K>;
+  extern __shared__ float4 smem4[];
+  const int N = (int)p.N, NG = (N + K - 1) / K, NS = NG * K;
+  float* sB = reinterpret_cast<float*>(smem4);  // [2][TT][NS]
+  float* sC = sB + 2 * TT * NS;                 // [2][TT][NS]
+  V* sP = reinterpret_cast<V*>(sC + 2 * TT * NS);  // [NG][W][32]
+  V* sL = sP + NG * W * 32;                     // [NG][W][32]
+  V* sdA = sL + NG * W * 32;                    // [NG][W][32] per-thread dA accumulators
+  V* src = sdA + NG * W * 32;                   // [2][NG][32] adjoint entering from the right
+  V* sA = src + 2 * NG * 32;                    // [NG][32]
+  float* sred = reinterpret_cast<float*>(sA + NG * 32);  // [2][W][32] dD, dbias at the end
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int64_t b = blockIdx.y, L = p.L, Dm = p.Dm, G = p.G, d0 = (int64_t)blockIdx.x * 32;
   const int64_t d = d0 + lane;
@@ -226,23 +326,15 @@ sel_bwd_tiled_kernel(const SelParams p) {
   const T* __restrict__ delta = static_cast<const T*>(p.delta);
   const T* __restrict__ z = static_cast<const T*>(p.z);
   const T* __restrict__ dy = static_cast<const T*>(p.dy);
-  const float* __restrict__ Bm = static_cast<const float*>(p.B);
-  const float* __restrict__ Cm = static_cast<const float*>(p.C);
   const float* __restrict__ ts = static_cast<const float*>(p.ts);
-  const float* __restrict__ Am = static_cast<const float*>(p.A);
   const float* __restrict__ ck = static_cast<const float*>(p.ck);
   float* __restrict__ dB = static_cast<float*>(p.dB);
   float* __restrict__ dC = static_cast<float*>(p.dC);
   const bool has_z = z != nullptr, has_ts = ts != nullptr, has_dy = dy != nullptr;
 
-  for (int e = tid; e < N * 32; e += NT) {
-    const int n = e >> 5;
-    const int64_t dd = d0 + (e & 31);
-    sA[e] = dd < Dm ? Am[dd * N + n] : 0.f;
-    src[e] = (dd < Dm && p.dlast != nullptr)
-                 ? static_cast<const float*>(p.dlast)[(b * Dm + dd) * N + n] : 0.f;
-  }
-  for (int e = tid; e < N * NT; e += NT) sdA[e] = 0.f;
+  load_groups<K>(static_cast<const float*>(p.A), static_cast<const float*>(p.dlast), sA, src,
+                 b, d0, Dm, N, NG, tid, NT);
+  for (int e = tid; e < NG * NT; e += NT) sdA[e] = vfill<K>(0.f);
   const float Dd = (dok && p.D != nullptr) ? static_cast<const float*>(p.D)[d] : 0.f;
   const float bias = (dok && p.bias != nullptr) ? static_cast<const float*>(p.bias)[d] : 0.f;
   float dDacc = 0.f, dbacc = 0.f;
@@ -266,27 +358,31 @@ sel_bwd_tiled_kernel(const SelParams p) {
       const float dyi = (ok && has_dy) ? Store<T>::ld(dy + off) : 0.f;
       gy[i] = has_z ? dyi * zi * sigmoid_(zi) : dyi;
     }
-    float* tB = sB + par * TT * N;
-    float* tC = sC + par * TT * N;
-    stage_bc<NT>(Bm, Cm, tB, tC, ((b * L + tile * TT) * G + g) * N, G * N, TT * N, N,
+    float* tB = sB + par * TT * NS;
+    float* tC = sC + par * TT * NS;
+    stage_bc<NT>(static_cast<const float*>(p.B), static_cast<const float*>(p.C), tB, tC,
+                 ((b * L + tile * TT) * G + g) * N, G * N, TT, N, NS,
                  (int)(L - tile * TT < TT ? L - tile * TT : TT), tid);
     __syncthreads();
-    const float* wB = tB + w * I * N;
-    const float* wC = tC + w * I * N;
+    const V* wB = reinterpret_cast<const V*>(tB + w * I * NS);
+    const V* wC = reinterpret_cast<const V*>(tC + w * I * NS);
     // pass A: local adjoint from zero, per state
-    for (int n = 0; n < N; ++n) {
-      const float An = sA[n * 32 + lane];
-      float P = 1.f, inc = 0.f;
+    for (int q = 0; q < NG; ++q) {
+      const V A = sA[q * 32 + lane];
+      V P = vfill<K>(1.f), inc = vfill<K>(0.f);
 #pragma unroll
       for (int i = I - 1; i >= 0; --i) {
-        float a, s;
-        discretize_t<DISC>(dtv[i], An, a, s);
-        const float lam = gy[i] * wC[i * N + n] + inc;
-        inc = a * lam;
-        P *= a;
+        const V Cv = wC[i * NG + q];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          float a, s;
+          disc_tiled<DISC>(dtv[i], A.v[k], a, s);
+          inc.v[k] = a * (gy[i] * Cv.v[k] + inc.v[k]);
+          P.v[k] *= a;
+        }
       }
-      sP[(n * W + w) * 32 + lane] = P;
-      sL[(n * W + w) * 32 + lane] = inc;
+      sP[(q * W + w) * 32 + lane] = P;
+      sL[(q * W + w) * 32 + lane] = inc;
     }
     __syncthreads();
     // pass B
@@ -295,52 +391,94 @@ sel_bwd_tiled_kernel(const SelParams p) {
     for (int i = 0; i < I; ++i) { ddt[i] = 0.f; du[i] = 0.f; y[i] = 0.f; }
     const int64_t kc = t0 / I;
     const bool live = t0 < L;  // the warp's piece holds real tokens
-    const float* rin = src + par * N * 32;
-    float* rout = src + (par ^ 1) * N * 32;
-    for (int n = 0; n < N; ++n) {
-      float c = rin[n * 32 + lane];
-      for (int w2 = W - 1; w2 > w; --w2) c = sL[(n * W + w2) * 32 + lane] + sP[(n * W + w2) * 32 + lane] * c;
-      if (w == 0) {
-        const float cl = sL[n * W * 32 + lane] + sP[n * W * 32 + lane] * c;
-        rout[n * 32 + lane] = cl;
-        if (tile == 0 && dok) static_cast<float*>(p.dh0)[(b * Dm + d) * N + n] = cl;
+    const V* rin = src + par * NG * 32;
+    V* rout = src + (par ^ 1) * NG * 32;
+    for (int q = 0; q < NG; ++q) {
+      V c = rin[q * 32 + lane];
+      for (int w2 = W - 1; w2 > w; --w2) {
+        const V P = sP[(q * W + w2) * 32 + lane], Lc = sL[(q * W + w2) * 32 + lane];
+#pragma unroll
+        for (int k = 0; k < K; ++k) c.v[k] = Lc.v[k] + P.v[k] * c.v[k];
       }
-      const float An = sA[n * 32 + lane];
-      float hp[I + 1];
-      hp[0] = (live && dok) ? ck[((b * p.n_ck + kc) * N + n) * Dm + d] : 0.f;
+      if (w == 0) {
+        const V P = sP[q * W * 32 + lane], Lc = sL[q * W * 32 + lane];
+        V cl;
+#pragma unroll
+        for (int k = 0; k < K; ++k) cl.v[k] = Lc.v[k] + P.v[k] * c.v[k];
+        rout[q * 32 + lane] = cl;
+        if (tile == 0 && dok) {
+#pragma unroll
+          for (int k = 0; k < K; ++k)
+            if (q * K + k < N) static_cast<float*>(p.dh0)[(b * Dm + d) * N + q * K + k] = cl.v[k];
+        }
+      }
+      const V A = sA[q * 32 + lane];
+      float hp[K][I + 1];
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        hp[k][0] = (live && dok && q * K + k < N) ? ck[((b * p.n_ck + kc) * N + q * K + k) * Dm + d]
+                                                  : 0.f;
+      float av[K][I];  // a of the recomputation, reused below for the exp-only methods
 #pragma unroll
       for (int i = 0; i < I; ++i) {
-        float a, s;
-        discretize_t<DISC>(dtv[i], An, a, s);
-        hp[i + 1] = a * hp[i] + s * (uv[i] * wB[i * N + n]);
+        const V Bv = wB[i * NG + q];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          float a, s;
+          disc_tiled<DISC>(dtv[i], A.v[k], a, s);
+          av[k][i] = a;
+          const float bx = kExpOnly<DISC> ? su_token<DISC>(dtv[i], uv[i]) * Bv.v[k]
+                                          : s * (uv[i] * Bv.v[k]);
+          hp[k][i + 1] = a * hp[k][i] + bx;
+        }
       }
-      float red[2 * I];
-      float dAn = 0.f, inc = c;
+      float red[K * I];  // dB of (state k, token i) at k * I + i
+      V dAq = vfill<K>(0.f);
+      V inc = c;
 #pragma unroll
       for (int i = I - 1; i >= 0; --i) {
-        float a, s, dadx, dsdt, dsdA;
-        discretize_grads_t<DISC>(dtv[i], An, a, s, dadx, dsdt, dsdA);
-        const float Bn = wB[i * N + n], Cn = wC[i * N + n];
-        const float lam = gy[i] * Cn + inc;
-        inc = a * lam;
-        const float Gx = dadx * lam * hp[i];
-        const float Gs = uv[i] * lam * Bn;
-        ddt[i] += An * Gx + dsdt * Gs;
-        dAn += dtv[i] * Gx + dsdA * Gs;
-        du[i] += s * Bn * lam;
-        y[i] += Cn * hp[i + 1];
-        red[i] = uv[i] * s * lam;      // dB_t
-        red[I + i] = gy[i] * hp[i + 1];  // dC_t
+        const V Bv = wB[i * NG + q], Cv = wC[i * NG + q];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          float a, s, dadx, dsdt, dsdA;
+          if constexpr (kExpOnly<DISC>) {
+            a = dadx = av[k][i];
+            s = DISC == MAMBA ? dtv[i] : 1.f;
+            dsdt = DISC == MAMBA ? 1.f : 0.f;
+            dsdA = 0.f;
+          } else {
+            disc_grads_tiled<DISC>(dtv[i], A.v[k], a, s, dadx, dsdt, dsdA);
+          }
+          const float lam = gy[i] * Cv.v[k] + inc.v[k];
+          inc.v[k] = a * lam;
+          const float Gx = dadx * lam * hp[k][i];
+          const float Gs = uv[i] * lam * Bv.v[k];
+          ddt[i] += A.v[k] * Gx + dsdt * Gs;
+          dAq.v[k] += dtv[i] * Gx + dsdA * Gs;
+          du[i] += s * Bv.v[k] * lam;
+          y[i] += Cv.v[k] * hp[k][i + 1];
+          red[k * I + i] = uv[i] * s * lam;
+        }
       }
-      sdA[(n * W + w) * 32 + lane] += dAn;
-      const float tot = lane_transpose_sum<2 * I>(red, lane);
-      const int idx = lane >> 1;  // 0..2I-1: dB of token idx, then dC of token idx - I
-      const int ii = idx < I ? idx : idx - I;
+      V acc = sdA[(q * W + w) * 32 + lane];
+#pragma unroll
+      for (int k = 0; k < K; ++k) acc.v[k] += dAq.v[k];
+      sdA[(q * W + w) * 32 + lane] = acc;
+      // dB, then dC = gy_t h_t, summed over the warp's channels: lane l ends with the total of
+      // value (l >> 1) of the K * I = 16 (one atomic per value from the even lanes)
+      static_assert(K * I == 16, "the reduction below maps 16 values to lane pairs");
+      const int idx = lane >> 1, kk = idx / I, ii = idx % I;
       const int64_t t = t0 + ii;
-      if ((lane & 1) == 0 && t < L) {
-        const int64_t bo = ((b * L + t) * G + g) * N + n;
-        atomicAdd((idx < I ? dB : dC) + bo, tot);
-      }
+      const bool put = (lane & 1) == 0 && t < L && q * K + kk < N;
+      const int64_t bo = ((b * L + t) * G + g) * N + q * K + kk;
+      const float totB = lane_transpose_sum<K * I>(red, lane);
+      if (put) atomicAdd(dB + bo, totB);
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int i = 0; i < I; ++i) red[k * I + i] = gy[i] * hp[k][i + 1];
+      const float totC = lane_transpose_sum<K * I>(red, lane);
+      if (put) atomicAdd(dC + bo, totC);
     }
     float vts[I];
 #pragma unroll
@@ -350,10 +488,10 @@ sel_bwd_tiled_kernel(const SelParams p) {
       const int64_t off = (b * L + t) * Dm + d;
       const float dv = ok ? Store<T>::ld(delta + off) : 0.f;
       const float tv = (t < L && has_ts) ? ts[b * L + t] : 0.f;
-      const Dt<float> q = make_dt(dv, bias, p.softplus, has_ts, tv);
-      const float fac = (has_ts ? tv : 1.f) * (p.softplus ? softplus_grad_(q.v) : 1.f);
+      const Dt<float> qd = make_dt(dv, bias, p.softplus, has_ts, tv);
+      const float fac = (has_ts ? tv : 1.f) * (p.softplus ? softplus_grad_(qd.v) : 1.f);
       const float gv = ddt[i] * fac;
-      vts[i] = ok ? ddt[i] * q.sp : 0.f;
+      vts[i] = ok ? ddt[i] * qd.sp : 0.f;
       if (ok) {
         dDacc += gy[i] * uv[i];
         dbacc += gv;
@@ -377,13 +515,19 @@ sel_bwd_tiled_kernel(const SelParams p) {
   sred[w * 32 + lane] = dDacc;
   sred[(W + w) * 32 + lane] = dbacc;
   __syncthreads();
-  for (int e = tid; e < N * 32; e += NT) {
-    const int n = e >> 5, l = e & 31;
+  for (int e = tid; e < NG * 32; e += NT) {
+    const int q = e >> 5, l = e & 31;
     const int64_t dd = d0 + l;
-    float acc = 0.f;
+    V acc = vfill<K>(0.f);
 #pragma unroll
-    for (int w2 = 0; w2 < W; ++w2) acc += sdA[(n * W + w2) * 32 + l];
-    if (dd < Dm) static_cast<float*>(p.dA)[(b * Dm + dd) * N + n] = acc;
+    for (int w2 = 0; w2 < W; ++w2) {
+      const V v = sdA[(q * W + w2) * 32 + l];
+#pragma unroll
+      for (int k = 0; k < K; ++k) acc.v[k] += v.v[k];
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (dd < Dm && q * K + k < N) static_cast<float*>(p.dA)[(b * Dm + dd) * N + q * K + k] = acc.v[k];
   }
   if (w == 0 && dok) {
     float a1 = 0.f, a2 = 0.f;
@@ -395,13 +539,16 @@ sel_bwd_tiled_kernel(const SelParams p) {
 }
 
 // ------------------------------------------------------------------------------------- host
-// Warps per block: LRNNX_SEL_TILE_W (4, 8 or 16; default 8) for experiments; fwd and bwd
-// separately through LRNNX_SEL_TILE_WF / LRNNX_SEL_TILE_WB.
-static int tile_warps(const char* var) {
+// Warps per block: 8 for the forward, 16 for the backward (H200, B8 L2048 D1536 N16: fwd W8
+// 0.86-1.0 ms vs W16 0.96-0.99; fwd+bwd with bwd W16 3.06-3.08 ms vs W8 3.23-3.31, W4 3.5: the
+// backward holds 128 registers, so W16 is one block of 16 warps per SM and 2.9 waves for 384
+// blocks, W8 2 blocks and 1.45 waves).  LRNNX_SEL_TILE_W (4, 8, 16), or per direction
+// LRNNX_SEL_TILE_WF / LRNNX_SEL_TILE_WB, override them for experiments.
+static int tile_warps(const char* var, int dflt) {
   const char* v = std::getenv(var);
   if (v == nullptr) v = std::getenv("LRNNX_SEL_TILE_W");
-  const int w = v != nullptr ? std::atoi(v) : 8;
-  return (w == 4 || w == 16) ? w : 8;
+  const int w = v != nullptr ? std::atoi(v) : dflt;
+  return (w == 4 || w == 8 || w == 16) ? w : dflt;
 }
 
 bool selective_tiled_ok(const SelParams& p) {
@@ -411,6 +558,22 @@ bool selective_tiled_ok(const SelParams& p) {
   const bool off = v != nullptr && v[0] == '0';
   if (off || p.cplx || p.dtype == DType::F64 || p.N > kTileMaxN || p.N < 1) return false;
   return p.G == 1 || (p.Dm / p.G) % 32 == 0;  // a block's 32 channels share one group of B / C
+}
+
+// Largest dynamic shared memory a block may opt in to on the current device.
+static size_t smem_optin() {
+  int dev = 0, v = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  return (size_t)v;
+}
+static size_t fwd_smem(int64_t N, int W) {
+  const size_t NS = (size_t)((N + kFwdK - 1) / kFwdK * kFwdK), TT = (size_t)W * kTileI;
+  return sizeof(float) * (4 * TT * NS + 2 * NS * W * 32 + 3 * NS * 32);
+}
+static size_t bwd_smem(int64_t N, int W) {
+  const size_t NS = (size_t)((N + kBwdK - 1) / kBwdK * kBwdK), TT = (size_t)W * kTileI;
+  return sizeof(float) * (4 * TT * NS + 3 * NS * W * 32 + 3 * NS * 32 + 2 * W * 32);
 }
 
 template <typename K>
@@ -423,21 +586,22 @@ static void launch_tiled(K kernel, int W, size_t smem, const SelParams& p, cudaS
 
 template <typename T, int W>
 static void fwd_tiled_w(const SelParams& p, cudaStream_t stream) {
-  const size_t N = (size_t)p.N, TT = (size_t)W * kTileI;
-  const size_t smem = sizeof(float) * (4 * TT * N + 2 * N * W * 32 + 3 * N * 32);
+  const size_t smem = fwd_smem(p.N, W);
   LRNNX_DISC_SWITCH(p.disc, launch_tiled(sel_fwd_tiled_kernel<T, D_, W>, W, smem, p, stream))
 }
 
 template <typename T, int W>
 static void bwd_tiled_w(const SelParams& p, cudaStream_t stream) {
-  const size_t N = (size_t)p.N, TT = (size_t)W * kTileI;
-  const size_t smem = sizeof(float) * (4 * TT * N + 3 * N * W * 32 + 3 * N * 32 + 2 * W * 32);
+  const size_t smem = bwd_smem(p.N, W);
   LRNNX_DISC_SWITCH(p.disc, launch_tiled(sel_bwd_tiled_kernel<T, D_, W>, W, smem, p, stream))
 }
 
 template <typename T>
 static void tiled_typed(const SelParams& p, cudaStream_t stream, bool bwd) {
-  const int W = tile_warps(bwd ? "LRNNX_SEL_TILE_WB" : "LRNNX_SEL_TILE_WF");
+  int W = bwd ? tile_warps("LRNNX_SEL_TILE_WB", 16) : tile_warps("LRNNX_SEL_TILE_WF", 8);
+  // fewer warps when the block's shared memory would not fit (N = 32 takes 272 KiB at bwd W16)
+  const size_t cap = smem_optin();
+  while (W > 4 && (bwd ? bwd_smem(p.N, W) : fwd_smem(p.N, W)) > cap) W /= 2;
   if (bwd) {
     if (W == 4) bwd_tiled_w<T, 4>(p, stream);
     else if (W == 16) bwd_tiled_w<T, 16>(p, stream);
