@@ -9,7 +9,8 @@
 //   3. publishes its segment's aggregate (prod a, local h) in shared memory; after one barrier
 //      each thread composes the aggregates of the earlier segments onto the running carry,
 //   4. writes h = cumprod * carry_in + local h.
-// The carry leaves the tile in registers.  Traffic: a and b read once, h written once.
+// The carry leaves the tile in registers, and the next tile's inputs are already in flight
+// (loaded one tile ahead).  Traffic: a and b read once, h written once.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -17,8 +18,13 @@ namespace lrnnx_cuda {
 
 constexpr int kMaxWarps = 8;
 
+// Two resident blocks per SM for real data caps the registers at 128: the fp32 / bf16 channel-pair
+// adjoint otherwise takes 162 (one block per SM); H200 B16 L4096 D1024 fwd+bwd fp32 0.675 ->
+// 0.549 ms, bf16 0.831 -> 0.634 ms.  Complex keeps one (capped, complex64 went 0.718 -> 0.865).
+template <typename S> constexpr int diag_min_blocks() { return IsCx<S>::value ? 1 : 2; }
+
 template <typename T, typename S, int ITEMS, bool BWD>
-__global__ void __launch_bounds__(32 * kMaxWarps)
+__global__ void __launch_bounds__(32 * kMaxWarps, diag_min_blocks<S>())
 diag_scan_kernel(const DiagParams p) {
   using R = typename RealOf<S>::type;
   using E = Elem<T, S>;   // storage
@@ -56,9 +62,10 @@ diag_scan_kernel(const DiagParams p) {
   if (BWD && dok && p.h0f != nullptr) hinit = EC::ld(static_cast<const R*>(p.h0f), s * D + d);
 
   const int64_t tile = (int64_t)W * ITEMS;
-  int buf = 0;
-  for (int64_t base = 0; base < len; base += tile) {
-    S P[ITEMS], H[ITEMS];
+  // Forward: the tile's inputs are loaded one tile ahead (registers Pn / Hn), so the DRAM latency
+  // of tile k+1 overlaps the scan, barrier and stores of tile k.  The adjoint, which reads three
+  // streams, would need ~160 registers for that (one block per SM), so it loads in place.
+  auto load = [&](int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS]) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int64_t q = base + (int64_t)w * ITEMS + i;  // position in scan order
@@ -70,8 +77,28 @@ diag_scan_kernel(const DiagParams p) {
         // multiplier of position q: conj(a) of the token scanned just before (1 at q = 0)
         const int64_t tp = rev ? t + 1 : t - 1;
         P[i] = (ok && q > 0) ? conj_(E::ld(a, arow + tp * D)) : S(R(1));
+        // grad_a_t = g_t * conj(forward state before t) = position q + 1 in this order
+        F[i] = hinit;
+        if (ok && p.ga != nullptr && q + 1 < len)
+          F[i] = E::ld(static_cast<const T*>(p.hf), row + (rev ? t - 1 : t + 1) * D);
       }
       H[i] = (ok && b != nullptr) ? E::ld(b, row + t * D) : S(R(0));
+    }
+  };
+  S Pn[ITEMS], Hn[ITEMS], Fn[ITEMS];
+  if (!BWD && len > 0) load(0, Pn, Hn, Fn);
+  int buf = 0;
+  for (int64_t base = 0; base < len; base += tile) {
+    S P[ITEMS], H[ITEMS], F[ITEMS];
+    if constexpr (BWD) {
+      load(base, P, H, F);
+    } else {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        P[i] = Pn[i];
+        H[i] = Hn[i];
+      }
+      if (base + tile < len) load(base + tile, Pn, Hn, Fn);
     }
     S cp = S(R(1)), ch = S(R(0));
 #pragma unroll
@@ -97,14 +124,7 @@ diag_scan_kernel(const DiagParams p) {
         const int64_t t = rev ? end - 1 - q : start + q;
         const S h = P[i] * cin + H[i];
         E::st(out, row + t * D, h);
-        if (BWD && p.ga != nullptr) {
-          // grad_a_t = g_t * conj(forward state before t) = position q + 1 in this order.
-          // (Loading these with the tile's other inputs measured no faster on an H200: fp32
-          // B16 L4096 D1024 fwd+bwd 0.679 vs 0.668 ms, at more registers.)
-          S hp = hinit;
-          if (q + 1 < len) hp = E::ld(static_cast<const T*>(p.hf), row + (rev ? t - 1 : t + 1) * D);
-          E::st(static_cast<T*>(p.ga), row + t * D, h * conj_(hp));
-        }
+        if (BWD && p.ga != nullptr) E::st(static_cast<T*>(p.ga), row + t * D, h * conj_(F[i]));
       }
     }
     buf ^= 1;
