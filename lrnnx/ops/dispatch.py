@@ -265,6 +265,57 @@ def explain(op: str | None = None, **problem: Any) -> str:
 
 
 # --------------------------------------------------------------------------- running
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces: backends skip their first-use checks, which
+    :meth:`ScanBackend.prepare` ran at trace time."""
+    comp = getattr(torch, "compiler", None)
+    return bool(comp is not None and hasattr(comp, "is_compiling") and comp.is_compiling())
+
+
+def _assume_constant(fn):
+    comp = getattr(torch, "compiler", None)
+    return comp.assume_constant_result(fn) if hasattr(comp, "assume_constant_result") else fn
+
+
+def _check_named(op: str, backend: str, problem: dict[str, Any]) -> Entry:
+    """The entry of the backend named ``backend``; raises when it cannot run ``problem``."""
+    entry = _entry(op, backend)
+    ok, why = _judge(entry, op, problem)
+    if not ok:
+        auto, _ = _decide(op, problem)
+        alt = f"backend='auto' (picks {auto!r} here)" if auto else "another device or dtype"
+        raise BackendUnavailableError(
+            f"lrnnx.ops.{op}: scan backend {backend!r} cannot run this problem "
+            f"({_describe(problem)}): {why}; use {alt}, see `lrnnx backends`.")
+    return entry
+
+
+_COMPILE_INSTANCES: dict[str, Any] = {}  # name -> instance, filled by _backend_for
+
+
+@_assume_constant
+def _backend_for(op: str, backend: str, items: tuple) -> str:
+    """The backend that runs ``op`` on the problem ``items`` (key / value pairs) for ``backend``
+    (``"auto"`` or a name), prepared and its instance left in ``_COMPILE_INSTANCES``; raises like
+    :func:`call`.  A constant for torch.compile (evaluated at trace time)."""
+    problem = dict(items)
+    if backend != "auto":
+        name = _check_named(op, backend, problem).name
+    else:
+        name, reasons = _decide(op, problem)
+        if name is None:
+            detail = "; ".join(f"{n}: {r}" for n, r in reasons.items()) or "none registered"
+            raise BackendUnavailableError(
+                f"lrnnx.ops.{op}: no scan backend can run this problem ({_describe(problem)}); "
+                f"{detail}. Install or enable a backend that supports it (`lrnnx backends`).")
+    inst = _instance(REGISTRY.entry(KIND, name))[0]
+    prepare = getattr(inst, "prepare", None)
+    if callable(prepare):  # first-use work (a JIT build) happens here, outside the graph
+        prepare(op)
+    _COMPILE_INSTANCES[name] = inst
+    return name
+
+
 def _entry(op: str, name: str) -> Entry:
     try:
         return REGISTRY.entry(KIND, name)
@@ -279,15 +330,15 @@ def call(op: str, backend: Any, problem: dict[str, Any], *args: Any, **kwargs: A
         raise InputTypeError(f"lrnnx.ops.{op}: backend must be 'auto' or the name of a "
                              f"registered scan backend (str), got {type(backend).__name__} "
                              f"{backend!r}; see `lrnnx backends`.")
+    if compiling():
+        # Under torch.compile the backend is chosen (and prepared) once at trace time, outside
+        # the graph: the registry walk and first-use checks are plain Python with locks that
+        # dynamo cannot trace.  The backend's op (a torch.library custom op) is traced as usual,
+        # so fullgraph=True holds.
+        name = _backend_for(op, backend, tuple(problem.items()))
+        return getattr(_COMPILE_INSTANCES[name], op)(*args, **kwargs)
     if backend != "auto":
-        entry = _entry(op, backend)
-        ok, why = _judge(entry, op, problem)
-        if not ok:
-            auto, _ = _decide(op, problem)
-            alt = f"backend='auto' (picks {auto!r} here)" if auto else "another device or dtype"
-            raise BackendUnavailableError(
-                f"lrnnx.ops.{op}: scan backend {backend!r} cannot run this problem "
-                f"({_describe(problem)}): {why}; use {alt}, see `lrnnx backends`.")
+        entry = _check_named(op, backend, problem)
         try:
             return getattr(_instance(entry)[0], op)(*args, **kwargs)
         except BackendUnavailableError as exc:

@@ -169,7 +169,11 @@ class ScanBackend(Component):
     (keys: device, dtype, complex, varlen, reverse, ...) and why not.  ``prefer(op, **problem)``
     (optional) lets a backend that *can* run a problem step aside under ``"auto"`` when another
     one is measured faster there: ``(False, reason)`` makes ``"auto"`` take the next backend that
-    can run it (this one is still used when no other can, and by name).
+    can run it (this one is still used when no other can, and by name).  ``prepare(op)``
+    (optional) does first-use work (a JIT build) and raises BackendUnavailableError if it fails;
+    under ``torch.compile`` the dispatcher calls it at trace time, and the op methods should skip
+    such checks while ``lrnnx.ops.dispatch.compiling()`` is true (dynamo cannot trace locks or
+    builds), so that ``fullgraph=True`` holds.
     """
 
     priority: ClassVar[int] = 0
@@ -182,6 +186,9 @@ class ScanBackend(Component):
 
     def prefer(self, op: str, **problem: Any) -> tuple[bool, str]:
         return True, ""
+
+    def prepare(self, op: str) -> None:
+        return None
 
 
 _BASES = {

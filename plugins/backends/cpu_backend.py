@@ -33,6 +33,7 @@ from lrnnx_kernels.diag_scan import cpu_available, diag_scan_cpu
 from lrnnx_kernels.selective_scan import selective_scan_chunked
 
 from lrnnx.errors import BackendUnavailableError
+from lrnnx.ops.dispatch import compiling
 
 from .torch_backend import TorchBackend
 
@@ -77,6 +78,10 @@ class CpuBackend(TorchBackend):
     name = "cpu"
     priority = 20
 
+    def prepare(self, op: str) -> None:
+        """Build the extension before torch.compile traces an op (see ``dispatch.compiling``)."""
+        ensure_built()
+
     def available(self) -> tuple[bool, str]:
         res = build_result()
         if res is None:
@@ -103,13 +108,15 @@ class CpuBackend(TorchBackend):
         return False, f"unknown op {op!r}"
 
     def diag_scan(self, a, b, h0=None, reverse=False, cu_seqlens=None):
-        ensure_built()
+        if not compiling():
+            ensure_built()
         return diag_scan_cpu(a, b, h0, reverse, cu_seqlens)
 
     def selective_scan(self, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        delta_softplus=False, discretization="mamba", timesteps=None, h0=None,
                        return_last_state=False):
-        ensure_built()
+        if not compiling():
+            ensure_built()
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       discretization, timesteps, h0, return_last_state,
                                       scan="cpu")

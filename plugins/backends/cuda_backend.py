@@ -33,6 +33,7 @@ import torch
 
 import lrnnx
 from lrnnx.errors import BackendUnavailableError
+from lrnnx.ops.dispatch import compiling
 
 _REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -145,11 +146,18 @@ class CudaBackend(lrnnx.ScanBackend):
                 return False, why
         return True, ""
 
-    @staticmethod
-    def _run(fn, *args, **kwargs):
-        ok, why = _kernels().status()  # builds on first use
+    def prepare(self, op: str) -> None:
+        """Build / load the kernels before torch.compile traces an op."""
+        ok, why = _kernels().status()
         if not ok:
             raise BackendUnavailableError(why)
+
+    @staticmethod
+    def _run(fn, *args, **kwargs):
+        if not compiling():  # under torch.compile, prepare() ran at trace time
+            ok, why = _kernels().status()  # builds on first use
+            if not ok:
+                raise BackendUnavailableError(why)
         return fn(*args, **kwargs)
 
     def diag_scan(self, a, b, h0=None, reverse=False, cu_seqlens=None):
