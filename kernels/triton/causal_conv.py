@@ -276,10 +276,12 @@ def _conv_bwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], state: Optio
     """(dx, d state or empty, dw or empty, dbias or empty); dw/dbias in the accumulation dtype."""
     dx, ds, dw, db = _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d,
                           bwd_tiles)
-    e = x.new_empty((0,))
+    def e():  # a distinct empty tensor per absent output (outputs must not alias)
+        return x.new_empty((0,))
+
     if db is None or bias is None:
-        db = e
-    return dx, (e if ds is None else ds), (e if dw is None else dw), db
+        db = e()
+    return dx, (e() if ds is None else ds), (e() if dw is None else dw), db
 
 
 @_conv_bwd_op.register_fake
@@ -287,10 +289,10 @@ def _(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, bwd_
     B, L, D = x.shape
     K = weight.shape[1]
     acc = _host.acc_dtype(x.dtype)
-    e = x.new_empty((0,))
-    ds = state.new_empty((B, D, K - 1)) if (need_ds and state is not None and K > 1) else e
-    dw = x.new_empty((D, K), dtype=acc) if need_wb else e
-    db = x.new_empty((D,), dtype=acc) if (need_wb and bias is not None) else e
+    ds = (state.new_empty((B, D, K - 1)) if (need_ds and state is not None and K > 1)
+          else x.new_empty((0,)))
+    dw = x.new_empty((D, K), dtype=acc) if need_wb else x.new_empty((0,))
+    db = x.new_empty((D,), dtype=acc) if (need_wb and bias is not None) else x.new_empty((0,))
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), ds, dw, db
 
 
