@@ -12,22 +12,26 @@ input projection, is read in place), ``weight`` (D, K), ``bias`` (D,) or None, `
 works).  The new state (the last K-1 inputs of the window) is a slice of ``x`` / ``state``,
 taken in PyTorch outside the op (so autograd differentiates it).
 
-Forward kernel: grid (L / BLOCK_L, D / BLOCK_D, B); a program sums K shifted (BLOCK_L, BLOCK_D)
-loads (the overlapping rows hit the cache) and writes y once.
+Layout: the kernels read ``state`` transposed to (B, K-1, D) and the weights as (K, D) (tiny
+host copies), so every load is along contiguous channels; only tiles that start before t = 0 read
+the state (a scalar branch).
 
-Backward kernel, with g = dy (identity) or dy * silu'(pre) (silu, ``pre`` recomputed from x, never
+Forward kernel: grid (L / BLOCK_L, D / BLOCK_D, B); a program sums K shifted (BLOCK_L, BLOCK_D)
+loads of x (the overlapping rows hit L1/L2) and writes y once.
+
+Backward kernel, with g = dy (identity) or dy * silu'(pre) (silu: ``pre`` recomputed from x, never
 stored)::
 
     dx[s]    = sum_j w[:, j] * g[s + K-1-j]      (s in [-(K-1), L): s < 0 is d state)
     dw[:, j] = sum_{b,t} g[t] * xt[t - K+1+j],   dbias = sum_{b,t} g[t]
 
-grid (chunks of TILES tiles of BLOCK_L, D / BLOCK_D, B).  dw / dbias are reduced
-deterministically: a program accumulates its chunk in fp32 registers and writes one partial row
-to an fp32 buffer (B * chunks, K, D); the host sums it with ``torch.sum`` (no atomics, so results
-are bitwise reproducible).  ``TILES`` is chosen so that the grid still has ~``TARGET_PROGRAMS``
-programs, which keeps the partial buffer small (B32 L1024 D512: 128 rows of K x D fp32).
-The program of chunk 0 also writes d state (rows s = -(K-1)..-1).  With silu each output tile
-reloads the K shifted x tiles per tap (K^2 cached loads) to recompute ``pre``.
+grid (chunks of TILES tiles of BLOCK_L rows, D / BLOCK_D, B).  With silu, g at the K shifted row
+windows a dx tile needs is recomputed from K shifted x loads each (K^2 cached loads, no shared
+memory round trip).  dw / dbias are reduced deterministically: a program accumulates its chunk
+in fp32 registers and writes one partial row to an fp32 buffer (B * chunks, K, D), which the host
+sums with ``torch.sum`` -- no atomics, so gradients are bitwise reproducible run to run.
+``TILES`` grows until the grid is ~``TARGET_PROGRAMS`` programs, which keeps that buffer small
+(B32 L1024 D512: 128 partial rows).  The chunk-0 programs also write d state (rows -(K-1)..-1).
 """
 from __future__ import annotations
 
@@ -40,43 +44,49 @@ from torch import Tensor
 
 from . import _host
 
+# Tiles.  ptxas (sm_90, bf16, K = 4, fused silu): forward 64 x 64 / 8 warps 128 registers;
+# backward 32 x 64 / 8 warps 226 registers (the K^2 recomputing loads are hoisted), no spills.
 FWD_BLOCK_L = 64
 FWD_BLOCK_D = 64
+FWD_NUM_WARPS = 8
 BWD_BLOCK_L = 32
 BWD_BLOCK_D = 64
+BWD_NUM_WARPS = 8
 TARGET_PROGRAMS = 1024  # backward: tiles per program grow until the grid is about this size
 MAX_TILES = 16
-NUM_WARPS = 4
 MAX_K = 8
 
 
 @triton.jit
-def _load_xt(xb, sb, u, dm2, L, sxl, K: tl.constexpr, HAS_STATE: tl.constexpr,
+def _load_xt(xb, sb, u0, rows, dm2, L, D, sxl, K: tl.constexpr, HAS_STATE: tl.constexpr,
              ACC: tl.constexpr):
-    """xt at times ``u`` (rows): x for 0 <= u < L, the state for -(K-1) <= u < 0.
-    ``xb`` / ``sb``: (1, BLOCK_D) pointers to x[b, 0, d] and state[b, d, K-1]."""
-    u2 = u[:, None]
+    """xt at times ``u0 + rows``: x for 0 <= u < L, the state for -(K-1) <= u < 0 (read only by
+    tiles that start before 0).  ``xb``: (1, BLOCK_D) pointers to x[b, 0, d]; ``sb``: to
+    state_t[b, K-1, d] (the state transposed to (B, K-1, D), so row u < 0 is at sb + u * D)."""
+    u2 = (u0 + rows)[:, None]
     v = tl.load(xb + u2.to(tl.int64) * sxl, mask=(u2 >= 0) & (u2 < L) & dm2, other=0.0).to(ACC)
     if HAS_STATE:
-        v += tl.load(sb + u2, mask=(u2 < 0) & (u2 >= 1 - K) & dm2, other=0.0).to(ACC)
+        if u0 < 0:
+            v += tl.load(sb + u2 * D, mask=(u2 < 0) & (u2 >= 1 - K) & dm2, other=0.0).to(ACC)
     return v
 
 
 @triton.jit
-def _pre_act(xb, sb, w_ptr, bias, t, d, dm, dm2, L, sxl,
+def _pre_act(xb, sb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl,
              K: tl.constexpr, HAS_STATE: tl.constexpr, ACC: tl.constexpr):
-    """bias + sum_j w[:, j] * xt[t - K+1+j] for a (rows, BLOCK_D) tile."""
-    acc = bias[None, :] + tl.zeros([t.shape[0], d.shape[0]], ACC)
+    """bias + sum_j w[:, j] * xt[t - K+1+j] for times t = t0 + rows, a (rows, BLOCK_D) tile."""
+    acc = bias[None, :] + tl.zeros([rows.shape[0], d.shape[0]], ACC)
     for j in tl.static_range(K):
-        wj = tl.load(w_ptr + d * K + j, mask=dm, other=0.0).to(ACC)
-        acc += wj[None, :] * _load_xt(xb, sb, t - (K - 1) + j, dm2, L, sxl, K, HAS_STATE, ACC)
+        wj = tl.load(w_ptr + j * D + d, mask=dm, other=0.0).to(ACC)
+        acc += wj[None, :] * _load_xt(xb, sb, t0 - (K - 1) + j, rows, dm2, L, D, sxl, K,
+                                      HAS_STATE, ACC)
     return acc
 
 
 @triton.jit
 def _bases(x_ptr, s_ptr, b, d, D, sxb, K: tl.constexpr):
     xb = x_ptr + b * sxb + d[None, :]
-    sb = s_ptr + (b * D + d[None, :]) * (K - 1) + (K - 1)
+    sb = s_ptr + (b * (K - 1) + (K - 1)) * D + d[None, :]
     return xb, sb
 
 
@@ -89,7 +99,8 @@ def _causal_conv_fwd_kernel(
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    rows = tl.arange(0, BLOCK_L)
+    t0 = pid_l * BLOCK_L
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = d < D
     dm2 = dm[None, :]
@@ -98,30 +109,31 @@ def _causal_conv_fwd_kernel(
     else:
         bias = tl.zeros([BLOCK_D], ACC)
     xb, sb = _bases(x_ptr, s_ptr, b, d, D, sxb, K)
-    acc = _pre_act(xb, sb, w_ptr, bias, t, d, dm, dm2, L, sxl, K, HAS_STATE, ACC)
+    acc = _pre_act(xb, sb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl, K, HAS_STATE, ACC)
     if SILU:
         acc = acc / (1.0 + tl.exp(-acc))
-    off = (b * L + t[:, None]) * D + d[None, :]
-    tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=(t[:, None] < L) & dm2)
+    t2 = (t0 + rows)[:, None]
+    tl.store(y_ptr + (b * L + t2) * D + d[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(t2 < L) & dm2)
 
 
 @triton.jit
-def _dx_tile(xb, sb, gb, w_ptr, bias, s, d, dm, dm2, L, D, sxl,
+def _dx_tile(xb, sb, gb, w_ptr, bias, s0, rows, d, dm, dm2, L, D, sxl,
              K: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr):
-    """(dx at times ``s``, g at times ``s``), g = dL/d pre (0 outside [0, L));
+    """(dx at times s = s0 + rows, g at those times), g = dL/d pre (0 outside [0, L));
     ``gb``: (1, BLOCK_D) pointers to dy[b, 0, d]."""
-    dx = tl.zeros([s.shape[0], d.shape[0]], ACC)
-    g0 = tl.zeros([s.shape[0], d.shape[0]], ACC)
+    dx = tl.zeros([rows.shape[0], d.shape[0]], ACC)
+    g0 = tl.zeros([rows.shape[0], d.shape[0]], ACC)
     for lag in tl.static_range(K):
-        t = s + lag
-        t2 = t[:, None]
+        t2 = (s0 + lag + rows)[:, None]
         g = tl.load(gb + t2.to(tl.int64) * D, mask=(t2 >= 0) & (t2 < L) & dm2,
                     other=0.0).to(ACC)
         if SILU:
-            pre = _pre_act(xb, sb, w_ptr, bias, t, d, dm, dm2, L, sxl, K, HAS_STATE, ACC)
+            pre = _pre_act(xb, sb, w_ptr, bias, s0 + lag, rows, d, dm, dm2, L, D, sxl, K,
+                           HAS_STATE, ACC)
             sig = 1.0 / (1.0 + tl.exp(-pre))
             g = g * (sig * (1.0 + pre * (1.0 - sig)))
-        wj = tl.load(w_ptr + d * K + (K - 1 - lag), mask=dm, other=0.0).to(ACC)
+        wj = tl.load(w_ptr + (K - 1 - lag) * D + d, mask=dm, other=0.0).to(ACC)
         dx += wj[None, :] * g
         if lag == 0:
             g0 = g
@@ -136,7 +148,7 @@ def _causal_conv_bwd_kernel(
     HAS_STATE: tl.constexpr, NEED_DS: tl.constexpr, NEED_WB: tl.constexpr,
     SILU: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx (B, L, D); ds (B, D, K-1) d state (chunk-0 programs); dw partials (B*chunks, KW, D)
+    """dx (B, L, D); ds (B, K-1, D) d state (chunk-0 programs); dw partials (B*chunks, KW, D)
     and db partials (B*chunks, D) in fp32/fp64, one row per program."""
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -156,15 +168,15 @@ def _causal_conv_bwd_kernel(
     dwacc = tl.zeros([KW, BLOCK_D], ACC)
     dbacc = tl.zeros([BLOCK_D], ACC)
     for i in range(TILES):
-        s = (pid_c * TILES + i) * BLOCK_L + rows
-        dx, g0 = _dx_tile(xb, sb, gb, w_ptr, bias, s, d, dm, dm2, L, D, sxl,
+        s0 = (pid_c * TILES + i) * BLOCK_L
+        dx, g0 = _dx_tile(xb, sb, gb, w_ptr, bias, s0, rows, d, dm, dm2, L, D, sxl,
                           K, HAS_STATE, SILU, ACC)
-        s2 = s[:, None]
+        s2 = (s0 + rows)[:, None]
         tl.store(dxb + s2.to(tl.int64) * D, dx.to(dx_ptr.dtype.element_ty), mask=(s2 < L) & dm2)
         if NEED_WB:
             dbacc += tl.sum(g0, axis=0)
             for j in tl.static_range(K):
-                xj = _load_xt(xb, sb, s - (K - 1) + j, dm2, L, sxl, K, HAS_STATE, ACC)
+                xj = _load_xt(xb, sb, s0 - (K - 1) + j, rows, dm2, L, D, sxl, K, HAS_STATE, ACC)
                 dwacc += tl.where(jj[:, None] == j, tl.sum(g0 * xj, axis=0)[None, :], 0.0)
     if NEED_WB:
         prow = b * n_chunks + pid_c
@@ -174,9 +186,9 @@ def _causal_conv_bwd_kernel(
     if NEED_DS:
         if pid_c == 0:
             r = tl.arange(0, KS)
-            dsx, _ = _dx_tile(xb, sb, gb, w_ptr, bias, r - (K - 1), d, dm, dm2, L, D, sxl,
+            dsx, _ = _dx_tile(xb, sb, gb, w_ptr, bias, 1 - K, r, d, dm, dm2, L, D, sxl,
                               K, HAS_STATE, SILU, ACC)
-            tl.store(ds_ptr + (b * D + d[None, :]) * (K - 1) + r[:, None],
+            tl.store(ds_ptr + (b * (K - 1) + r[:, None]) * D + d[None, :],
                      dsx.to(ds_ptr.dtype.element_ty), mask=(r[:, None] < K - 1) & dm2)
 
 
@@ -195,9 +207,16 @@ def _x_strides(x: Tensor) -> tuple[Tensor, int, int]:
     return x, x.stride(0), x.stride(1)
 
 
+def _state_t(state: Tensor | None, K: int) -> Tensor | None:
+    """The state as (B, K-1, D), channels contiguous like x (a tiny copy)."""
+    return None if state is None or K == 1 else state.transpose(1, 2).contiguous()
+
+
 def _fwd(x, weight, bias, state, silu, block_l, block_d):
     B, L, D = x.shape
     K = weight.shape[1]
+    state = _state_t(state, K)
+    weight = weight.t().contiguous()  # (K, D): tap j's weights are a contiguous row
     bl, bd = _blocks(D, block_l, block_d, FWD_BLOCK_L, FWD_BLOCK_D)
     x, sxb, sxl = _x_strides(x)
     y = torch.empty((B, L, D), dtype=x.dtype, device=x.device)
@@ -208,8 +227,8 @@ def _fwd(x, weight, bias, state, silu, block_l, block_d):
         _causal_conv_fwd_kernel[grid](
             x, weight, dmy if bias is None else bias, dmy if state is None else state, y,
             L, D, sxb, sxl,
-            K=K, HAS_BIAS=bias is not None, HAS_STATE=state is not None and K > 1, SILU=silu,
-            ACC=_host.tl_dtype(acc), BLOCK_L=bl, BLOCK_D=bd, num_warps=NUM_WARPS,
+            K=K, HAS_BIAS=bias is not None, HAS_STATE=state is not None, SILU=silu,
+            ACC=_host.tl_dtype(acc), BLOCK_L=bl, BLOCK_D=bd, num_warps=FWD_NUM_WARPS,
         )
     return y
 
@@ -227,6 +246,8 @@ def _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, t
     K = weight.shape[1]
     bl, bd = _blocks(D, block_l, block_d, BWD_BLOCK_L, BWD_BLOCK_D)
     x, sxb, sxl = _x_strides(x)
+    state = _state_t(state, K)
+    weight = weight.t().contiguous()
     dy = dy.contiguous()
     acc = _host.acc_dtype(x.dtype)
     tiles = _tiles(B, L, D, bl, bd, tiles)
@@ -234,7 +255,7 @@ def _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, t
     kw = _host.pow2_ceil(K)
     dx = torch.empty((B, L, D), dtype=x.dtype, device=x.device)
     need_ds = need_ds and state is not None and K > 1
-    ds = torch.empty((B, D, K - 1), dtype=state.dtype, device=x.device) if need_ds else None
+    ds = torch.empty((B, K - 1, D), dtype=state.dtype, device=x.device) if need_ds else None
     dmy = _host.dummy(x)
     if need_wb:
         dw_part = torch.empty((B * n_chunks, kw, D), dtype=acc, device=x.device)
@@ -246,14 +267,16 @@ def _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, t
             dmy if ds is None else ds, dw_part if need_wb else dmy, db_part if need_wb else dmy,
             L, D, sxb, sxl, tiles, n_chunks,
             K=K, KW=kw, KS=_host.pow2_ceil(max(K - 1, 1)), HAS_BIAS=bias is not None,
-            HAS_STATE=state is not None and K > 1, NEED_DS=need_ds, NEED_WB=need_wb, SILU=silu,
-            ACC=_host.tl_dtype(acc), BLOCK_L=bl, BLOCK_D=bd, num_warps=NUM_WARPS,
+            HAS_STATE=state is not None, NEED_DS=need_ds, NEED_WB=need_wb, SILU=silu,
+            ACC=_host.tl_dtype(acc), BLOCK_L=bl, BLOCK_D=bd, num_warps=BWD_NUM_WARPS,
         )
     if need_wb:
         dw = dw_part.sum(0)[:K].t().contiguous()
         db = db_part.sum(0)
     else:
         dw = db = None
+    if ds is not None:
+        ds = ds.transpose(1, 2).contiguous()
     return dx, ds, dw, db
 
 
