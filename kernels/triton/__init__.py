@@ -9,6 +9,8 @@ The functions mirror the reference kernels' signatures (plus keyword-only tile s
   delta_softplus=False, discretization="mamba", timesteps=None, h0=None,
   return_last_state=False)``: fused S6, real or complex A, B, C (``selective_scan.py``)
 * :func:`selective_step` ``(u_t, delta_t, A, B_t, C_t, state, ...) -> (y_t, state)``
+* :func:`causal_conv1d` ``(x, weight, bias=None, state=None, activation=None) -> (y, new_state)``:
+  fused causal depthwise conv1d, optional fused SiLU (``causal_conv.py``)
 * :func:`available` / :func:`device_ok`: can they run here (cheap, see ``_host.py``).
 
 Importing this package imports triton, compiles nothing, and registers the ``lrnnx::triton_*``
@@ -23,13 +25,15 @@ from __future__ import annotations
 
 # Submodules first, then the functions: binding ``diag_scan`` / ``selective_scan`` after the
 # submodules of the same name are loaded keeps the package attributes the functions.
+from . import causal_conv as _causal_conv_module  # noqa: F401
 from . import diag_scan as _diag_scan_module  # noqa: F401
 from . import selective_scan as _selective_scan_module  # noqa: F401
 from . import step as _step_module  # noqa: F401
 from ._host import available, device_ok, interpret_mode
+from .causal_conv import causal_conv1d
 from .diag_scan import diag_scan
 from .selective_scan import selective_scan
 from .step import diag_step, selective_step
 
-__all__ = ["available", "device_ok", "interpret_mode", "diag_scan", "diag_step",
-           "selective_scan", "selective_step"]
+__all__ = ["available", "device_ok", "interpret_mode", "causal_conv1d", "diag_scan",
+           "diag_step", "selective_scan", "selective_step"]

@@ -10,16 +10,76 @@ or that sequence's entry of ``state`` when a per-sequence state is given).
 Context parallelism (``lrnnx.distributed.context_parallel``): inside such a block ``forward``
 takes this rank's chunk of the sequence; the window's first K-1 inputs come from the previous
 ranks (``lrnnx.distributed.exchange_halo``) and the returned state is the global final window.
+
+``activation="silu"`` applies SiLU to the output (``forward`` and ``step``), fused into the
+kernel on the Triton path.
+
+Fast path: on CUDA tensors (no ``cu_seqlens``, no context parallelism, K <= 8) ``forward`` runs
+the fused Triton kernels ``lrnnx_kernels.triton.causal_conv1d`` (forward and backward); the
+PyTorch code below is their slow twin (CPU, varlen, context parallel).  ``TRITON_MODE`` (initial
+value from the environment variable ``LRNNX_CONV_TRITON``) selects: ``"auto"`` (CUDA tensors when
+triton is installed), ``"off"`` (always PyTorch), ``"force"`` (also CPU tensors when
+``TRITON_INTERPRET=1``: the tests run the kernels through Triton's interpreter that way).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lrnnx import distributed as _cp
+
+#: "auto" | "off" | "force": when ``CausalConv1d.forward`` takes the fused Triton kernels.
+TRITON_MODE = os.environ.get("LRNNX_CONV_TRITON", "auto")
+_TRITON_MAX_K = 8
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HAS_TRITON: bool | None = None
+_TRITON_FAILED: str | None = None  # why the kernel failed to compile here (then PyTorch runs)
+
+
+def _use_triton(x: torch.Tensor, kernel_size: int) -> bool:
+    """Cheap (no triton import): may the fused kernel run ``x``?"""
+    global _HAS_TRITON
+    if TRITON_MODE == "off" or _TRITON_FAILED is not None:
+        return False
+    if x.dtype not in _TRITON_DTYPES or kernel_size > _TRITON_MAX_K:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the interpreter runs CPU tensors only
+        ok = TRITON_MODE == "force" and x.device.type == "cpu"
+    else:
+        ok = x.is_cuda
+    if ok and _HAS_TRITON is None:
+        _HAS_TRITON = importlib.util.find_spec("triton") is not None
+    return ok and bool(_HAS_TRITON)
+
+
+def _triton_forward(x, weight, bias, state, activation):
+    """The fused kernels, or None if they failed to compile here (remembered; PyTorch runs)."""
+    global _TRITON_FAILED
+    from lrnnx_kernels import triton as kt
+
+    try:
+        return kt.causal_conv1d(x, weight, bias, state, activation)
+    except Exception as exc:  # only a compilation failure falls back
+        from triton.compiler.errors import CompilationError
+
+        if not isinstance(exc, CompilationError):
+            raise
+        _TRITON_FAILED = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"CausalConv1d: the Triton kernel failed to compile ({_TRITON_FAILED}); "
+                      "using the PyTorch path", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation not in (None, "silu"):
+        raise ValueError(f"CausalConv1d: activation must be None or 'silu', got {activation!r}")
 
 
 def _positions_in_sequence(cu_seqlens: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +115,22 @@ class CausalConv1d(nn.Module):
                            dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, D) -> (y (B, L, D), new state (B or N_seq, D, K-1))."""
+                cu_seqlens: torch.Tensor | None = None,
+                activation: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> (y (B, L, D), new state (B or N_seq, D, K-1)).
+
+        ``activation``: None or ``"silu"`` (applied to y; fused on the Triton path)."""
+        _check_activation(activation)
+        K = self.kernel_size
+        if (cu_seqlens is None and not _cp.active() and x.dim() == 3
+                and _use_triton(x, K)):
+            out = _triton_forward(x, self.weight, self.bias, state, activation)
+            if out is not None:
+                return out
+        y, new_state = self._forward_torch(x, state, cu_seqlens)
+        return (F.silu(y) if activation == "silu" else y), new_state
+
+    def _forward_torch(self, x, state, cu_seqlens):
         B, L, D = x.shape
         K = self.kernel_size
         cp_final = None
@@ -122,10 +196,14 @@ class CausalConv1d(nn.Module):
             new_state[:, :, c] = torch.where(valid, val, prev)
         return y.unsqueeze(0), new_state
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x_t: torch.Tensor, state: torch.Tensor,
+             activation: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, D), state (B, D, K-1) -> (y_t (B, D), new state)."""
+        _check_activation(activation)
         window = torch.cat([state.to(x_t.dtype), x_t.unsqueeze(2)], dim=2)  # (B, D, K)
         y = (window * self.weight.to(x_t.dtype)).sum(-1)
         if self.bias is not None:
             y = y + self.bias.to(x_t.dtype)
+        if activation == "silu":
+            y = F.silu(y)
         return y, window[:, :, 1:]

@@ -258,8 +258,7 @@ class Mamba(lrnnx.Layer):
             self._check_state(state, rows, x)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u, conv_state = self.conv1d(u, None if state is None else state["conv"],
-                                    cu_seqlens=cu_seqlens)
-        u = F.silu(u)
+                                    cu_seqlens=cu_seqlens, activation="silu")
         delta, B, C = self._ssm_inputs(u)
         h0 = None if state is None else state["ssm"]
         args = (u, delta, self.A(), B, C)
@@ -298,8 +297,7 @@ class Mamba(lrnnx.Layer):
     def step(self, x_t, state, timesteps=None):
         self._check_state(state, x_t.shape[0], x_t)
         u, z = self.in_proj(x_t).chunk(2, dim=-1)
-        u, conv_state = self.conv1d.step(u, state["conv"])
-        u = F.silu(u)
+        u, conv_state = self.conv1d.step(u, state["conv"], activation="silu")
         delta, B, C = self._ssm_inputs(u)
         y, h = selective_step(u, delta, self.A(), B, C, state["ssm"], z_t=z,
                               timesteps_t=timesteps, backend=self.scan, **self._scan_kwargs())

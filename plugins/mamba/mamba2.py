@@ -184,8 +184,8 @@ class Mamba2(lrnnx.Layer):
             self._check_state(state, rows, x)
         z, xBC, dt = self._split_in(x)
         xBC, conv_state = self.conv1d(xBC, None if state is None else state["conv"],
-                                      cu_seqlens=cu_seqlens)
-        xs, B, C = self._heads(F.silu(xBC))
+                                      cu_seqlens=cu_seqlens, activation="silu")
+        xs, B, C = self._heads(xBC)
         dt = self._dt(dt, timesteps)
         A = -torch.exp(self.A_log)
         h0 = None if state is None else state["ssm"]
@@ -227,8 +227,8 @@ class Mamba2(lrnnx.Layer):
     def step(self, x_t, state, timesteps=None):
         self._check_state(state, x_t.shape[0], x_t)
         z, xBC, dt = self._split_in(x_t)
-        xBC, conv_state = self.conv1d.step(xBC, state["conv"])
-        xs, B, C = self._heads(F.silu(xBC))
+        xBC, conv_state = self.conv1d.step(xBC, state["conv"], activation="silu")
+        xs, B, C = self._heads(xBC)
         y, h = ssd_step(xs, self._dt(dt, timesteps), -torch.exp(self.A_log), B, C,
                         state["ssm"], D=self.D)
         return self._out(y, z), {"conv": conv_state, "ssm": h}
