@@ -21,9 +21,9 @@ Diagonal systems (:class:`LTISystem`, what the ``ssm`` family and S5/LRU discret
 Powers without O(H N L) memory: with ``T = ceil(sqrt(L))`` and ``l = c T + j``,
 ``A^l = A^(cT) A^j``, so ``K[h, cT + j] = Re(sum_n (W A^(cT))[h, c, n] A^j[h, n, j])`` is one
 batched matmul of (C, N) by (N, T) per channel: O(H N sqrt(L)) memory (also what autograd keeps),
-O(H N L) flops.  The powers ``A^j``, ``A^(cT)`` are cumulative products in float64 (complex128)
-of the *given* ``A_bar``, rounded once to the working dtype: ``exp(l log A)`` in float32 loses
-``l * eps`` of phase (2e-4 rad at l = 4096), more than the fp32 budget.  Using ``A_bar`` itself
+O(H N L) flops.  The powers ``A^j``, ``A^(cT)`` are ``exp(l log A_bar)`` in float64
+(complex128) of the *given* ``A_bar``, rounded once to the working dtype: the same in float32
+loses ``l * eps`` of phase (2e-4 rad at l = 4096), more than the fp32 budget.  Using ``A_bar`` itself
 (not ``exp(dt A)`` recomputed) keeps conv mode on exactly the system the scan runs.
 
 Public API (used by the ``s4``, ``s4d``, ``lru``, ``ssm`` layers and by S5 / Centaurus / LinOSS)::
@@ -38,8 +38,8 @@ Public API (used by the ``s4``, ``s4d``, ``lru``, ``ssm`` layers and by S5 / Cen
     vandermonde(A_bar, W, L) -> (G, Q, L)                Re(sum_n W[g,q,n] A[g,n]^l)
     vandermonde_transpose(A_bar, u) -> (G, Q, N)         sum_l A[g,n]^(L-1-l) u[g,q,l]
     LTISystem(A_bar, B_bar, C, structure, scale);  .kernel(L) -> (H, L) for siso
-    lti_conv(system, x, h0=None, *, reverse=False, cu_seqlens=None, kernel=None)
-        -> (y (B, L, H), h_last)
+    lti_conv(system, x, h0=None, *, reverse=False, cu_seqlens=None, kernel=None,
+             need_state=True) -> (y (B, L, H), h_last)      h_last None when not need_state
 
 Example::
 
@@ -118,16 +118,22 @@ def fft_conv(x: Tensor, K: Tensor) -> Tensor:
     """Causal depthwise convolution ``y[b, t, h] = sum_{s <= t} K[h, t - s] x[b, s, h]``.
 
     x (B, L, H) real; K (H, Lk) real (taps beyond L are ignored, missing ones are zero).
-    rfft of length ``fft_size(2L - 1)``: no circular wrap-around.  Returns (B, L, H).
+    rfft of length ``fft_size(2L - 1)``: no circular wrap-around.  Returns (B, L, H), a
+    transposed view of a (B, H, L) result.
+
+    The FFTs run over the last dim of a (B, H, n) tensor: one pad writes x transposed and
+    zero-padded, so the FFT libraries (MKL, cuFFT) see contiguous signals and make no hidden
+    transposing copies (an FFT over dim 1 of (B, n, H) is copied to (B, H, n) and back).
     """
     if x.is_complex() or K.is_complex():
         raise InputError("fft_conv: x and K must be real (use fft_conv_diag for complex "
                          "state-space convolutions).")
     L = x.shape[1]
     n = fft_size(2 * L - 1)
-    Xf = torch.fft.rfft(x, n=n, dim=1)                         # (B, n//2+1, H)
-    Kf = torch.fft.rfft(K[..., :L], n=n, dim=-1)               # (H, n//2+1)
-    return torch.fft.irfft(Xf * Kf.transpose(0, 1), n=n, dim=1)[:, :L]
+    xt = torch.nn.functional.pad(x.transpose(1, 2), (0, n - L))   # (B, H, n) contiguous
+    Xf = torch.fft.rfft(xt, dim=-1)                               # (B, H, n//2+1)
+    Kf = torch.fft.rfft(K[..., :L], n=n, dim=-1)                  # (H, n//2+1)
+    return torch.fft.irfft(Xf * Kf, n=n, dim=-1)[..., :L].transpose(1, 2)
 
 
 def fft_conv_diag(u: Tensor, A_bar: Tensor, V: Tensor | None = None) -> Tensor:
@@ -154,20 +160,30 @@ def _split(L: int) -> tuple[int, int]:
     return T, -(-L // T)
 
 
+#: stands in for an exact zero of A_bar before its logarithm: tiny^l underflows to 0 for
+#: l >= 1 (and to 0 in any working dtype for l = 1), tiny^0 = 1, and d(tiny^l)/dA = l tiny^(l-1)
+#: is the exact derivative of A^l at 0 (1 for l = 1, 0 beyond) in float64.
+_TINY = 1e-300
+
+
 def _power_table(A_bar: Tensor, T: int, C: int) -> tuple[Tensor, Tensor]:
     """``(small, big)``: ``A^j`` (..., T) for j < T and ``A^(cT)`` (..., C) for c < C.
 
-    Cumulative products in float64 / complex128, rounded once to A_bar's dtype (see the module
-    docstring for why).  Differentiable.
+    ``A^l = exp(l log A)`` in complex128, rounded once to A_bar's dtype (see the module
+    docstring for why not in the working precision): the error is ``l`` float64 ulps of the
+    phase, like the cumulative product it replaces, but it is a handful of elementwise ops
+    forward and backward (a cumprod's backward is ~40 masked ops).  Exact zeros of A_bar are
+    handled (``_TINY``); real A_bar of either sign goes through the complex logarithm and the
+    real part is returned.  Differentiable.
     """
-    wide = torch.complex128 if A_bar.is_complex() else torch.float64
-    a = A_bar.to(wide)[..., None]
-    one = torch.ones_like(a)
-    small = torch.cat([one, torch.cumprod(a.expand(*a.shape[:-1], T), -1)], -1)  # A^0..A^T
-    aT = small[..., T:]
-    big = torch.cat([one, torch.cumprod(aT.expand(*aT.shape[:-1], C - 1), -1)], -1) \
-        if C > 1 else one
-    return small[..., :T].to(A_bar.dtype), big.to(A_bar.dtype)
+    a = A_bar.to(torch.complex128)
+    zero = a == 0
+    a = torch.where(zero, a + _TINY, a)          # keeps d/dA on both branches
+    j = torch.arange(max(T, C), dtype=torch.float64, device=A_bar.device)
+    e = torch.cat([j[:T], j[:C] * T])            # exponents: 0..T-1, then 0, T, .., (C-1) T
+    P = torch.exp(torch.log(a)[..., None] * e)   # (..., T + C)
+    P = P.to(A_bar.dtype) if A_bar.is_complex() else P.real.to(A_bar.dtype)
+    return P[..., :T], P[..., T:]
 
 
 def powers(A_bar: Tensor, L: int) -> Tensor:
@@ -178,13 +194,13 @@ def powers(A_bar: Tensor, L: int) -> Tensor:
 
 
 def _re_matmul(W: Tensor, V: Tensor) -> Tensor:
-    """``Re(W @ V)`` with real matmuls only."""
+    """``Re(W @ V)``: one complex matmul when both are complex (one launch forward, two
+    backward, instead of the concatenations of a real formulation), else real matmuls."""
     if not W.is_complex():
         return W @ (V.real if V.is_complex() else V)
     if not V.is_complex():
         return W.real @ V
-    # Re(W V) = [Re W, Im W] @ [Re V; -Im V]: one real matmul of twice the inner size
-    return torch.cat([W.real, W.imag], -1) @ torch.cat([V.real, -V.imag], -2)
+    return (W @ V).real
 
 
 def vandermonde(A_bar: Tensor, W: Tensor, L: int) -> Tensor:
@@ -257,21 +273,26 @@ class LTISystem:
         return tuple(self.A_bar.shape)
 
 
-def _siso(sys: LTISystem, x: Tensor, h0: Tensor | None, K: Tensor) -> tuple[Tensor, Tensor]:
+def _siso(sys: LTISystem, x: Tensor, h0: Tensor | None, K: Tensor,
+          need_state: bool = True) -> tuple[Tensor, Tensor | None]:
     L = x.shape[1]
     y = fft_conv(x, K)
-    u = x.permute(2, 0, 1)                                       # (H, B, L)
-    S, A_L = vandermonde_transpose(sys.A_bar, u)                 # (H, B, N), (H, N)
-    h_last = (sys.B_bar[:, None, :] * S).transpose(0, 1)         # (B, H, N)
+    h_last = None
+    if need_state:
+        u = x.permute(2, 0, 1)                                   # (H, B, L)
+        S, A_L = vandermonde_transpose(sys.A_bar, u)             # (H, B, N), (H, N)
+        h_last = (sys.B_bar[:, None, :] * S).transpose(0, 1)     # (B, H, N)
     if h0 is not None:
         # zero-input response s Re(C A^(t+1) h0): a Vandermonde with one row per batch element
         W = (sys.scale * sys.C * sys.A_bar)[:, None, :] * h0.transpose(0, 1)   # (H, B, N)
         y = y + vandermonde(sys.A_bar, W, L).permute(1, 2, 0)
-        h_last = h_last + A_L * h0
+        if need_state:
+            h_last = h_last + A_L * h0
     return y, h_last
 
 
-def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor) -> tuple[Tensor, Tensor]:
+def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor,
+          need_state: bool = True) -> tuple[Tensor, Tensor]:
     L = x.shape[1]
     Bm = sys.B_bar.transpose(0, 1)                               # (H, P)
     u = torch.complex(x @ Bm.real, x @ Bm.imag) if Bm.is_complex() else x @ Bm
@@ -288,17 +309,17 @@ def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor) -> tuple[Tens
     return sys.scale * y, h[:, -1]
 
 
-def _run(sys, x, h0, pre, reverse):
+def _run(sys, x, h0, pre, reverse, need_state=True):
     if reverse:
         x = x.flip(1)
     fn = _siso if sys.structure == "siso" else _mimo
-    y, h_last = fn(sys, x, h0, pre)
+    y, h_last = fn(sys, x, h0, pre, need_state)
     return (y.flip(1) if reverse else y), h_last
 
 
 def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bool = False,
-             cu_seqlens: Tensor | None = None, kernel: Tensor | None = None
-             ) -> tuple[Tensor, Tensor]:
+             cu_seqlens: Tensor | None = None, kernel: Tensor | None = None,
+             need_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """Run ``sys`` over x by FFT convolution: the outputs and final state of the recurrence.
 
     Args:
@@ -313,17 +334,22 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
         cu_seqlens: packed sequences (B == 1, offsets ``[0, l1, l1+l2, ..., L]``): each one is
             convolved on its own, with one kernel generated for the longest.
         kernel: a precomputed siso kernel (H, >= L) or mimo powers (P, >= L) to reuse.
+        need_state: False skips the final state (siso: a Vandermonde contraction of the whole
+            input, O(B H N L)) when the caller discards it; h_last is then None (packed
+            sequences always compute it).
 
     Returns:
-        ``(y, h_last)``: y (B, L, H) without the skip ``D``; h_last shaped like h0 (per packed
-        sequence with ``cu_seqlens``; an empty sequence keeps its h0 or zeros).
+        ``(y, h_last)``: y (B, L, H) without the skip ``D`` (not necessarily contiguous: the
+        siso route returns a transposed view); h_last shaped like h0 (per packed sequence with
+        ``cu_seqlens``; an empty sequence keeps its h0 or zeros), None when not need_state.
     """
     if sys.structure not in ("siso", "mimo"):
         raise ConfigError(f"lti_conv: structure must be 'siso' or 'mimo', got "
                           f"{sys.structure!r}.")
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            return lti_conv(sys, x, h0, reverse=reverse, cu_seqlens=cu_seqlens, kernel=kernel)
+            return lti_conv(sys, x, h0, reverse=reverse, cu_seqlens=cu_seqlens, kernel=kernel,
+                            need_state=need_state)
     if x.dtype in (torch.float16, torch.bfloat16):
         # FFTs need float32 at least (half-precision FFTs exist only for powers of two on GPU)
         x = x.float()
@@ -339,7 +365,7 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
     if kernel is None and Lmax > 0:
         kernel = sys.kernel(Lmax) if sys.structure == "siso" else powers(sys.A_bar, Lmax)
     if lengths is None:
-        return _run(sys, x, h0, kernel, reverse)
+        return _run(sys, x, h0, kernel, reverse, need_state)
     ys, finals = [], []
     shape = tuple(sys.A_bar.shape)
     sdt = torch.promote_types(torch.promote_types(sys.A_bar.dtype, sys.B_bar.dtype), x.dtype)

@@ -101,9 +101,10 @@ class S5(SSM):
         _, scale = transition(P, self.disc, "mimo", False, False, None)
         return scale
 
-    def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool):
+    def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool,
+                   need_state: bool = True):
         if self.mode == "conv" and timesteps is None:  # the generic layer's conv mode
-            return super()._direction(param, x, h0, timesteps, cu_seqlens, reverse)
+            return super()._direction(param, x, h0, timesteps, cu_seqlens, reverse, need_state)
         # scan, and auto = scan: S5's convolution runs in state space (P complex channels,
         # O(log L) more work per token than the scan); measured fwd+bwd, B=8, H=128,
         # d_state=128, L=1024: scan 82 vs conv 225 ms on the project CPU (1 thread, min of 7),

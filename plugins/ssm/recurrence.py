@@ -85,8 +85,14 @@ def input_term(P: SSMParams, scale: Tensor | None, x: Tensor, structure: str,
             b = B_bar * x[..., None]                           # (Bt, L, H, N)
         return b.reshape(Bt, L, H * b.shape[-1])
     BT = P.B.transpose(0, 1)                                   # (H, P)
-    if BT.is_complex():  # real x: two real matmuls instead of one complex one
-        Bx = torch.complex(x @ BT.real, x @ BT.imag)
+    if scale is not None and scale.dim() <= 1:
+        # a per-mode scale (P,) folds into the (H, P) matrix: no pass over the (Bt, L, P) output
+        BT, scale = BT * scale, None
+    if BT.is_complex() and not x.is_complex():
+        # real x: ONE real matmul with the interleaved [Re, Im] columns, whose (Bt, L, 2P)
+        # output is the complex result's memory (view_as_complex, no copy)
+        W = torch.view_as_real(BT).reshape(H, -1)              # (H, 2P)
+        Bx = torch.view_as_complex((x @ W).unflatten(-1, (-1, 2)))
     else:
         Bx = x @ BT
     return Bx if scale is None else scale * Bx                 # (Bt, L, P)
@@ -120,11 +126,17 @@ def readout(P: SSMParams, h: Tensor, H: int, structure: str, selective: bool) ->
         hs = h.reshape(Bt, L, H, D // H)
         y = _re_dot(hs, P.C[..., None, :] if selective else P.C)  # C (Bt, L, 1, N) or (H, N)
     else:
-        C = P.C
+        # the output scale s folds into the (H, P) matrix (no pass over the (Bt, L, H) output)
+        C = 2.0 * P.C if P.conj_sym else P.C
         if h.is_complex():
-            y = h.real @ C.real.transpose(0, 1)
             if C.is_complex():
-                y = y - h.imag @ C.imag.transpose(0, 1)
+                # Re(C h) = [Re h, Im h] . [Re C, -Im C]: ONE real matmul over the interleaved
+                # (Bt, L, 2P) view of h (view_as_real) instead of two matmuls and a subtraction
+                W = torch.stack((C.real, -C.imag), dim=-1).reshape(C.shape[0], -1)  # (H, 2P)
+                y = torch.view_as_real(h).flatten(-2) @ W.transpose(0, 1)
+            else:
+                y = h.real @ C.transpose(0, 1)
         else:
             y = h @ (C.real if C.is_complex() else C).transpose(0, 1)
+        return y
     return 2.0 * y if P.conj_sym else y

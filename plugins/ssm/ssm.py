@@ -187,13 +187,17 @@ class SSM(lrnnx.Layer):
         P = param(x) if self.selective else param()
         return check_params(param, P, self.d_model, self.d_state, x)
 
-    def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool):
-        """Outputs (B, L, H) without the skip, and the final flat state, of one direction."""
+    def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool,
+                   need_state: bool = True):
+        """Outputs (B, L, H) without the skip, and the final flat state, of one direction.
+
+        ``need_state=False``: the caller discards the final state, which conv mode then
+        skips (None); the scan returns it anyway (it costs nothing extra there)."""
         Bt, L, H = x.shape
         P = self._params(param, x)
         min_len = AUTO_CONV_MIN_LEN if self.structure == "siso" else AUTO_CONV_MIN_LEN_MIMO
         if not self.selective and resolve_mode(self.mode, L, timesteps, min_len) == "conv":
-            return self._conv(P, x, h0, cu_seqlens, reverse)
+            return self._conv(P, x, h0, cu_seqlens, reverse, need_state)
         method = getattr(self.disc, "method", None)
         if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
                 and not reverse and P.gamma is None:
@@ -214,7 +218,7 @@ class SSM(lrnnx.Layer):
                                         backend=self.scan)
         return readout(P, h, H, self.structure, self.selective), h_last
 
-    def _conv(self, P, x, h0, cu_seqlens, reverse: bool):
+    def _conv(self, P, x, h0, cu_seqlens, reverse: bool, need_state: bool = True):
         """Conv mode of one direction (time-invariant parameters): same returns as the scan."""
         A_bar, scale = transition(P, self.disc, self.structure, self.discrete, False, None)
         B = P.B
@@ -223,18 +227,21 @@ class SSM(lrnnx.Layer):
         system = LTISystem(A_bar, B, P.C, self.structure, 2.0 if P.conj_sym else 1.0)
         n = h0.shape[0] if h0 is not None else 0
         h0 = None if h0 is None else h0.reshape(n, *self._state_shape())
-        y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens)
-        return y, h_last.reshape(h_last.shape[0], -1)
+        y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens,
+                             need_state=need_state)
+        return y, (None if h_last is None else h_last.reshape(h_last.shape[0], -1))
 
     @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         h0 = self._state_in(state, x, cu_seqlens)
-        y, h_last = self._direction(self.param, x, h0, timesteps, cu_seqlens, reverse=False)
+        y, h_last = self._direction(self.param, x, h0, timesteps, cu_seqlens, reverse=False,
+                                    need_state=return_state)
         if self.param_rev is not None:
             y_rev, _ = self._direction(self.param_rev, x, None, timesteps, cu_seqlens,
-                                       reverse=True)
+                                       reverse=True, need_state=False)
             y = y + y_rev
-        y = (y + self.D * x).to(x.dtype)
+        # D x first: the output takes its (contiguous) layout, y may be a transposed view
+        y = (self.D * x + y).to(x.dtype)
         if not return_state:
             return y
         return y, {"h": h_last.reshape(h_last.shape[0], *self._state_shape())}

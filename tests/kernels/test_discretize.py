@@ -174,3 +174,26 @@ def test_effective_dt_scales_both_terms():
     a1, s1 = discretize("zoh", A, effective_dt(dt, ts))
     a2, s2 = discretize("zoh", A, dt * 2.5)
     assert torch.equal(a1, a2) and torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_phi1_fp32_series_matches_float64(dtype):
+    """float32 / complex64 use fewer Taylor terms (7): values and gradients still match the
+    float64 phi1 to fp32 rounding on and around the series radius."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.cat([torch.logspace(-7, 0, 200, dtype=f64), torch.tensor([0.0, 0.0999, 0.1001],
+                                                                        dtype=f64)])
+    if dtype.is_complex:
+        x64 = torch.polar(r, 2 * math.pi * torch.rand(r.shape, generator=g, dtype=f64))
+    else:
+        x64 = r * torch.where(torch.rand(r.shape, generator=g) < 0.5, -1.0, 1.0).to(f64)
+    w = torch.randn(r.shape, generator=g, dtype=f64)
+    outs = []
+    for x in (x64.to(dtype), x64):
+        x = x.clone().requires_grad_(True)
+        y = phi1(x)
+        gr, = torch.autograd.grad((torch.view_as_real(y.to(c128)).sum(-1) * w).sum(), x)
+        outs.append((y, gr))
+    (y32, g32), (y64, g64) = [(y.detach().to(c128), gr.to(c128)) for y, gr in outs]
+    assert float(((y32 - y64).abs() / y64.abs()).max()) < 1e-6
+    assert float(((g32 - g64).abs() / g64.abs().clamp_min(1e-3)).max()) < 1e-5
