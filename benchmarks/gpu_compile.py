@@ -23,7 +23,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
-def run_one(name: str, device: str, L: int) -> dict:
+def run_one(name: str, device: str, L: int, backend: str = "inductor") -> dict:
     import lrnnx
 
     torch.manual_seed(0)
@@ -39,16 +39,16 @@ def run_one(name: str, device: str, L: int) -> dict:
 
     y0, g0 = fwd_bwd(layer)
     torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True)
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     t = time.perf_counter()
     try:
         y1, g1 = fwd_bwd(compiled)
     except Exception as exc:  # noqa: BLE001 - the point is to record which layers break
-        return {"layer": name, "fullgraph": False,
+        return {"layer": name, "fullgraph": False, "backend": backend,
                 "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                 "trace": traceback.format_exc(limit=3)[-600:]}
     first = time.perf_counter() - t
-    return {"layer": name, "fullgraph": True, "compile_s": round(first, 1),
+    return {"layer": name, "fullgraph": True, "backend": backend, "compile_s": round(first, 1),
             "out_rel_err": _rel(y1, y0), "grad_rel_err": _rel(g1, g0)}
 
 
@@ -65,6 +65,9 @@ def main() -> None:
     rows = []
     for n in names:
         r = run_one(n, args.device, args.L)
+        if not r["fullgraph"]:  # is it the graph capture or inductor's code generation?
+            r2 = run_one(n, args.device, args.L, backend="aot_eager")
+            r["aot_eager"] = "fullgraph ok" if r2["fullgraph"] else r2["error"]
         rows.append(r)
         print(r if not r["fullgraph"] else
               f"{n}: fullgraph ok, compile {r['compile_s']} s, out {r['out_rel_err']:.1e}, "
@@ -79,7 +82,8 @@ def main() -> None:
             lines.append(f"| {r['layer']} | yes | {r['compile_s']} | {r['out_rel_err']:.1e} | "
                          f"{r['grad_rel_err']:.1e} | |")
         else:
-            lines.append(f"| {r['layer']} | **no** | | | | {r['error']} |")
+            extra = f" (backend aot_eager: {r['aot_eager']})" if "aot_eager" in r else ""
+            lines.append(f"| {r['layer']} | **no** | | | | {r['error']}{extra} |")
     dev = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     head = (f"torch {torch.__version__}, {dev}, d_model 64, B 2, "
             f"L {args.L}, fp32, backend auto, forward + backward\n\n")

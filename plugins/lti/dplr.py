@@ -141,16 +141,18 @@ def _resolvent_sums(v: Tensor, w: Tensor, L: int, count: int, sign: float) -> Te
     this is a standard Cauchy sum times ``1 / b``; the node ``omega = -1`` (``b = 0``, present
     when ``2k = L``) has ``1 / (a - b w) = 1/2`` exactly and is summed directly.
     """
+    m = L // 2                                       # omega = -1 is the node k = L/2
+    pole = L % 2 == 0 and m < count                  # (decided in Python: torch.compile-able)
     k = torch.arange(count, dtype=torch.float64, device=v.device)
-    regular = 2 * torch.arange(count, device=v.device) != L
-    theta = (sign * 2 * math.pi / L) * k[regular]
+    if pole:
+        k = torch.cat([k[:m], k[m + 1:]])
+    theta = (sign * 2 * math.pi / L) * k
     zt = torch.complex(torch.zeros_like(theta), -torch.tan(theta / 2)).to(v.dtype)
     inv_b = (1.0 / (1 + torch.polar(torch.ones_like(theta), theta))).to(v.dtype)
     r = cauchy(v, zt, w, conj=True) * inv_b[None, :, None]
-    if bool(regular.all()):
+    if not pole:
         return r
     half = 0.5 * (v.sum(1) + v.conj().sum(1))                              # (H, J)
-    m = L // 2                                       # omega = -1 is the node k = L/2
     return torch.cat([r[:, :m], half[:, None], r[:, m:]], 1)
 
 

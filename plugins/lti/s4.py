@@ -19,6 +19,8 @@ from .hippo import nplr
 from .precision import full_precision
 
 
+_REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
 class S4(lrnnx.Layer):
     r"""S4: Gu, Goel & Ré 2022, "Efficiently Modeling Long Sequences with Structured State
     Spaces" (ICLR 2022), https://arxiv.org/abs/2111.00396.
@@ -121,13 +123,14 @@ class S4(lrnnx.Layer):
             if self.bidirectional else None
 
     # ------------------------------------------------------------------ parameters & state
+    # (a table, not dtype.to_real(): torch.compile cannot trace that method)
     def system(self, dtype: torch.dtype | None = None) -> dplr.DPLRSystem:
         """The continuous DPLR system ``(Lambda, P, B, dt)``, optionally cast to ``dtype``."""
         lam = torch.complex(-torch.exp(self.log_neg_lam_re), self.lam_im)
         s = dplr.DPLRSystem(lam, as_complex(self.P), as_complex(self.B), torch.exp(self.log_dt))
         if dtype is not None:
             s = dplr.DPLRSystem(s.Lam.to(dtype), s.P.to(dtype), s.B.to(dtype),
-                                s.dt.to(dtype.to_real()))
+                                s.dt.to(_REAL_OF.get(dtype, dtype)))
         return s
 
     def _cdtype(self) -> torch.dtype:

@@ -26,9 +26,18 @@ def _layers():
     return REGISTRY.names("layer")
 
 
+# Layers whose graph is captured whole but which inductor cannot generate code for: s4's DPLR
+# kernel (Cauchy sums) runs in complex128, and inductor has no complex128 code generation
+# (H200, torch 2.11: "InductorError: KeyError: 'complex128'"; torch 2.13 CPU: "self.stride(-1)
+# must be 1 to view ComplexDouble as Double").  They are checked with the aot_eager backend
+# (capture + autograd, no code generation), which still proves fullgraph=True.
+INDUCTOR_COMPLEX_GAP = {"s4"}
+
+
 @pytest.mark.parametrize("name", _layers())
 def test_layer_compiles_fullgraph(name):
-    r = gpu_compile.run_one(name, "cuda", 64)
+    backend = "aot_eager" if name in INDUCTOR_COMPLEX_GAP else "inductor"
+    r = gpu_compile.run_one(name, "cuda", 64, backend=backend)
     report = os.environ.get("LRNNX_COMPILE_REPORT")  # JSON lines, for benchmarks/RESULTS.md
     if report:
         with open(report, "a") as f:
