@@ -103,7 +103,16 @@ def _exp_phi1_dphi1(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dps = ps - p2
     E = torch.exp(x)
     xb = torch.where(small, 1.0, x)
-    big = _expm1(xb) / xb
+    if x.is_complex():
+        # _expm1(xb) with fewer ops: Im expm1(x) = Im exp(x) (E; where xb != x the value is
+        # discarded by the final where) and Re = expm1(a) cos(b) - 2 sin(b/2)^2 as one addcmul
+        a, b = xb.real, xb.imag
+        s = torch.sin(0.5 * b)
+        em1 = torch.complex(torch.addcmul(torch.expm1(a) * torch.cos(b), s, s, value=-2.0),
+                            E.imag)
+    else:
+        em1 = torch.expm1(xb)
+    big = em1 / xb
     dbig = (E - big) / xb
     return E, torch.where(small, ps, big), torch.where(small, dps, dbig)
 
