@@ -92,7 +92,10 @@ def _prompt(vocab_size: int, batch: int, prompt_len: int, seed: int, device) -> 
 def _time_per_step(run: Callable[[int], Any], steps: int, repeats: int, device
                    ) -> tuple[float, Any]:
     """Median seconds per decode step ``(t(steps) - t(1)) / (steps - 1)``, and the output of
-    the last ``run(steps)``.  One warm-up ``run(steps)`` first (kernels, allocator, graphs)."""
+    the last ``run(steps)``.  One warm-up ``run(steps)`` first (kernels, allocator, graphs).
+    When timing noise exceeds the decode time (tiny models on a busy CPU) the difference can
+    come out <= 0; that repeat then counts ``t(steps) / steps`` instead (an upper bound that
+    includes the prefill), so the result is always a positive time."""
     last = {}
 
     def timed(n: int) -> float:
@@ -104,7 +107,10 @@ def _time_per_step(run: Callable[[int], Any], steps: int, repeats: int, device
         return time.perf_counter() - t0
 
     timed(steps)
-    per_step = [(timed(steps) - timed(1)) / (steps - 1) for _ in range(repeats)]
+    per_step = []
+    for _ in range(repeats):
+        t_n, t_1 = timed(steps), timed(1)
+        per_step.append((t_n - t_1) / (steps - 1) if t_n > t_1 else t_n / steps)
     return statistics.median(per_step), last[steps]
 
 
