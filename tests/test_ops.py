@@ -434,3 +434,23 @@ def test_valid_calls_reach_the_backend(no_kernel):
         ops.diag_scan(*ab())
     with pytest.raises(AssertionError, match="backend was reached"):
         ss()()
+
+
+def test_compile_constant_marker_matches_torch_and_import_stays_light():
+    # dispatch._assume_constant sets the attribute torch.compiler.assume_constant_result sets,
+    # without importing torch._dynamo (and with it triton) at `import lrnnx.ops`
+    import subprocess
+    import sys
+
+    from lrnnx.ops import dispatch
+
+    def f():
+        return 1
+
+    marked = torch.compiler.assume_constant_result(f)
+    assert marked is f and f.__dict__ == {"_dynamo_marked_constant": True}
+    assert dispatch._backend_for._dynamo_marked_constant is True
+    code = ("import sys, lrnnx.ops; "
+            "print('torch._dynamo' in sys.modules, 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout
