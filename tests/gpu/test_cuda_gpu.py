@@ -70,6 +70,50 @@ def test_diag_scan_varlen_shared_a_no_h0(reverse):
         close(x, r, torch.complex64, "shared a, no h0")
 
 
+@pytest.mark.parametrize("stages", ["0", "2", "3", "4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.complex64])
+@pytest.mark.parametrize("L", [63, 4097])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("D", [512, 90])
+def test_diag_scan_ring_depths(stages, dtype, L, reverse, D, monkeypatch):
+    # Every cp.async ring depth (LRNNX_DIAG_STAGES, 0 = register path) against float64, with
+    # and without a gradient for a (the adjoint then skips the forward-state stream).  D = 90
+    # leaves idle lanes in the last block while its tiles are full (the full-tile branch holds
+    # the barrier, so it must not depend on the lane: this hung once).
+    monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)
+    a, b, h0 = diag_inputs(2, L, D, dtype, seed=L + 7)
+    g = torch.Generator(device=dev).manual_seed(5)
+    w = [torch.randn(b.shape, device=dev, generator=g), torch.randn(h0.shape, device=dev,
+                                                                     generator=g)]
+    out, gr = grads(kc.diag_scan, (a, b, h0), w, reverse=reverse)
+    ref, rg = grads(diag_scan_chunked, (up(a), up(b), up(h0)), w, reverse=reverse)
+    for o, r, name in zip(out + gr, ref + rg, ("h", "h_last", "grad a", "grad b", "grad h0")):
+        close(o, r, dtype, f"stages={stages} {name}")
+    bb, hh = b.detach().clone().requires_grad_(), h0.detach().clone().requires_grad_()
+    h, last = kc.diag_scan(a, bb, hh, reverse=reverse)
+    gb, gh = torch.autograd.grad(
+        sum((o * wi.to(o.dtype).conj()).real.float().sum() for o, wi in zip((h, last), w)),
+        (bb, hh))
+    close(gb, rg[1], dtype, f"stages={stages} grad b (a constant)")
+    close(gh, rg[2], dtype, f"stages={stages} grad h0 (a constant)")
+
+
+@pytest.mark.parametrize("stages", ["0", "2", "4"])
+def test_diag_scan_ring_varlen(stages, monkeypatch):
+    monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)
+    L = 3000
+    cu = torch.tensor([0, 1, 700, 700, 2999, 3000], device=dev, dtype=torch.int32)
+    for dtype in (torch.bfloat16, torch.float32, torch.complex64):
+        a, b, h0 = diag_inputs(1, L, 256, dtype, seed=9, nseq=5)
+        g = torch.Generator(device=dev).manual_seed(3)
+        w = [torch.randn(b.shape, device=dev, generator=g),
+             torch.randn(h0.shape, device=dev, generator=g)]
+        out, gr = grads(kc.diag_scan, (a, b, h0), w, cu_seqlens=cu)
+        ref, rg = grads(diag_scan_chunked, (up(a), up(b), up(h0)), w, cu_seqlens=cu)
+        for x, r in zip(out + gr, ref + rg):
+            close(x, r, dtype, f"varlen stages={stages} {dtype}")
+
+
 def test_diag_gradcheck_float64():
     g = torch.Generator(device=dev).manual_seed(0)
     for cplx in (False, True):

@@ -11,10 +11,33 @@
 //   4. writes h = cumprod * carry_in + local h.
 // The carry leaves the tile in registers, and the next tile's inputs are already in flight
 // (loaded one tile ahead).  Traffic: a and b read once, h written once.
+#include <cstdlib>
+#include <type_traits>
+
 #include "common.cuh"
 #include "kernels.h"
 
 namespace lrnnx_cuda {
+
+// Asynchronous global -> shared copies (sm_80+), used by the staged kernels: the loads of the
+// next STAGES - 1 tiles stay in flight without holding registers.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
+  const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sa), "l"(gmem), "n"(BYTES));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Bytes of one element S stored as T (a pair of channels, a complex number or a scalar).
+template <typename T, typename S> constexpr int elem_bytes() {
+  return (int)sizeof(T) * (IsCx<S>::value ? 2 : 1) * (std::is_same<S, F2>::value ? 2 : 1);
+}
 
 constexpr int kMaxWarps = 8;
 
@@ -23,7 +46,12 @@ constexpr int kMaxWarps = 8;
 // 0.549 ms, bf16 0.831 -> 0.634 ms.  Complex keeps one (capped, complex64 went 0.718 -> 0.865).
 template <typename S> constexpr int diag_min_blocks() { return IsCx<S>::value ? 1 : 2; }
 
-template <typename T, typename S, int ITEMS, bool BWD>
+// STAGES = 0: the tile's inputs go through registers (forward: loaded one tile ahead).
+// STAGES >= 2: a ring of STAGES tiles in dynamic shared memory filled by cp.async, STAGES - 1
+// tiles in flight while one is scanned.  Each thread copies and reads back only its own
+// elements, so the ring needs no barrier; slot (stage, array, item, thread) keeps a warp's
+// accesses consecutive (no bank conflicts).
+template <typename T, typename S, int ITEMS, bool BWD, int STAGES>
 __global__ void __launch_bounds__(32 * kMaxWarps, diag_min_blocks<S>())
 diag_scan_kernel(const DiagParams p) {
   using R = typename RealOf<S>::type;
@@ -52,9 +80,24 @@ diag_scan_kernel(const DiagParams p) {
   const bool rev = BWD ? !p.reverse : p.reverse;
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
+  const T* hf = static_cast<const T*>(p.hf);
   T* out = static_cast<T*>(p.out);
-  const int64_t row = batch * L * D + d;                    // + t * D
-  const int64_t arow = (p.a_bcast ? 0 : batch) * L * D + d;  // + t * D
+  T* ga = static_cast<T*>(p.ga);
+  const bool has_b = b != nullptr, has_ga = BWD && ga != nullptr;
+  // Addressing by scan position q: token t(q) = t0 + q * dir, so a tensor's element of position
+  // q is (row of position 0) + q * sD, and a thread walks its items by pointer increments of sT
+  // storage elements (the address math of the first version, int64 per item and tensor, made
+  // the kernel instruction-bound).
+  constexpr int EPS = elem_bytes<T, S>() / (int)sizeof(T);  // storage elements per S
+  const int64_t sD = rev ? -D : D, sT = sD * EPS;
+  const int64_t t0 = rev ? end - 1 : start;
+  // Lanes past the last channel address the last channel instead (loads stay in bounds; their
+  // stores are skipped), so "full" below is uniform over the block: scan_tile's barrier sits in
+  // both branches of that test, and a divergent __syncthreads would hang the block.
+  const int64_t dc = dok ? d : D - 1;
+  const int64_t row0 = (batch * L + t0) * D + dc;                    // b, out, hf, ga
+  const int64_t arow0 = ((p.a_bcast ? 0 : batch) * L + t0) * D + dc;  // a
+  const int64_t arowE = ((p.a_bcast ? 0 : batch) * L + (rev ? start : end - 1)) * D + d;
 
   S carry = S(R(0));
   if (dok && p.h0 != nullptr) carry = EC::ld(static_cast<const R*>(p.h0), s * D + d);
@@ -62,44 +105,21 @@ diag_scan_kernel(const DiagParams p) {
   if (BWD && dok && p.h0f != nullptr) hinit = EC::ld(static_cast<const R*>(p.h0f), s * D + d);
 
   const int64_t tile = (int64_t)W * ITEMS;
-  // Forward: the tile's inputs are loaded one tile ahead (registers Pn / Hn), so the DRAM latency
-  // of tile k+1 overlaps the scan, barrier and stores of tile k.  The adjoint, which reads three
-  // streams, would need ~160 registers for that (one block per SM), so it loads in place.
-  auto load = [&](int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS]) {
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int64_t q = base + (int64_t)w * ITEMS + i;  // position in scan order
-      const bool ok = dok && q < len;
-      const int64_t t = rev ? end - 1 - q : start + q;
-      if (!BWD) {
-        P[i] = ok ? E::ld(a, arow + t * D) : S(R(1));
-      } else {
-        // multiplier of position q: conj(a) of the token scanned just before (1 at q = 0)
-        const int64_t tp = rev ? t + 1 : t - 1;
-        P[i] = (ok && q > 0) ? conj_(E::ld(a, arow + tp * D)) : S(R(1));
-        // grad_a_t = g_t * conj(forward state before t) = position q + 1 in this order
-        F[i] = hinit;
-        if (ok && p.ga != nullptr && q + 1 < len)
-          F[i] = E::ld(static_cast<const T*>(p.hf), row + (rev ? t - 1 : t + 1) * D);
-      }
-      H[i] = (ok && b != nullptr) ? E::ld(b, row + t * D) : S(R(0));
-    }
+  // A tile is "full" when every item of the block is a real token and, in the adjoint, no item
+  // touches the sequence ends (q = 0 has no previous a, q = len - 1 no next forward state): no
+  // per-item predicates then (block-uniform: it does not depend on the lane).
+  auto is_full = [&](int64_t base) {
+    return base + tile <= len && (!BWD || (base > 0 && base + tile < len));
   };
-  S Pn[ITEMS], Hn[ITEMS], Fn[ITEMS];
-  if (!BWD && len > 0) load(0, Pn, Hn, Fn);
-  int buf = 0;
-  for (int64_t base = 0; base < len; base += tile) {
-    S P[ITEMS], H[ITEMS], F[ITEMS];
-    if constexpr (BWD) {
-      load(base, P, H, F);
-    } else {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        P[i] = Pn[i];
-        H[i] = Hn[i];
-      }
-      if (base + tile < len) load(base + tile, Pn, Hn, Fn);
-    }
+  // Storage pointers of the thread's first item in a tile.
+  auto first = [&](int64_t row, int64_t base) -> int64_t {
+    return (row + (base + (int64_t)w * ITEMS) * sD) * EPS;
+  };
+
+  // Scan one tile whose inputs are in P, H, F (position-ordered); writes h (and grad a).
+  // `full` is a std::bool_constant: the full-tile code has no per-item predicates at all.
+  auto scan_tile = [&](auto full, int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS],
+                       int buf) {
     S cp = S(R(1)), ch = S(R(0));
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
@@ -111,44 +131,240 @@ diag_scan_kernel(const DiagParams p) {
     sP[buf][w][lane] = cp;
     sH[buf][w][lane] = ch;
     __syncthreads();
-    S c = carry, cin = carry;
-    for (int j = 0; j < W; ++j) {
-      if (j == w) cin = c;
-      c = sP[buf][j][lane] * c + sH[buf][j][lane];
-    }
-    carry = c;
+    // Unrolled over the largest block with the warp count as a predicate, so the 2 W shared
+    // loads issue together and only the FMA chain is serial.
+    S aP[kMaxWarps], aH[kMaxWarps];
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int64_t q = base + (int64_t)w * ITEMS + i;
-      if (dok && q < len) {
-        const int64_t t = rev ? end - 1 - q : start + q;
-        const S h = P[i] * cin + H[i];
-        E::st(out, row + t * D, h);
-        if (BWD && p.ga != nullptr) E::st(static_cast<T*>(p.ga), row + t * D, h * conj_(F[i]));
+    for (int j = 0; j < kMaxWarps; ++j) {  // in bounds for every j; entries >= W are unused
+      aP[j] = sP[buf][j][lane];
+      aH[j] = sH[buf][j][lane];
+    }
+    S c = carry, cin = carry;
+#pragma unroll
+    for (int j = 0; j < kMaxWarps; ++j) {
+      if (j < W) {
+        if (j == w) cin = c;
+        c = aP[j] * c + aH[j];
       }
     }
-    buf ^= 1;
+    carry = c;
+    T* po = out + first(row0, base);
+    T* pg = has_ga ? ga + first(row0, base) : nullptr;
+    const int64_t q0 = base + (int64_t)w * ITEMS;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (dok && (decltype(full)::value || q0 + i < len)) {
+        const S h = P[i] * cin + H[i];
+        E::st(po, 0, h);
+        if (has_ga) E::st(pg, 0, h * conj_(F[i]));
+      }
+      po += sT;
+      if (has_ga) pg += sT;
+    }
+  };
+
+  if constexpr (STAGES >= 2) {
+    constexpr int EB = elem_bytes<T, S>();
+    constexpr int NARR = BWD ? 3 : 2;  // a (P), b (H), forward states (F, adjoint only)
+    extern __shared__ __align__(16) unsigned char ring[];
+    const int NT = 32 * W, tid = w * 32 + lane;
+    auto slot = [&](int st, int arr, int i) -> unsigned char* {
+      return ring + ((size_t)((st * NARR + arr) * ITEMS + i) * NT + tid) * EB;
+    };
+    // The same predicates decide what is copied (issue) and what is read back (consume):
+    // elements outside the sequence are never copied and read as the identity.
+    auto issue_t = [&](auto fullc, int64_t base, int st) {
+      constexpr bool full = decltype(fullc)::value;
+      const int64_t q0 = base + (int64_t)w * ITEMS;
+      const T* pa = a + first(arow0, base);
+      const T* pb = has_b ? b + first(row0, base) : nullptr;
+      const T* pf = has_ga ? hf + first(row0, base) : nullptr;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool ok = full || (dok && q0 + i < len);
+        if (!BWD) {
+          if (ok) cp_async<EB>(slot(st, 0, i), pa);
+        } else {
+          if (ok && (full || q0 + i > 0)) cp_async<EB>(slot(st, 0, i), pa - sT);
+          if (has_ga && ok && (full || q0 + i + 1 < len)) cp_async<EB>(slot(st, 2, i), pf + sT);
+        }
+        if (has_b && ok) cp_async<EB>(slot(st, 1, i), pb);
+        pa += sT;
+        if (has_b) pb += sT;
+        if (has_ga) pf += sT;
+      }
+    };
+    auto issue = [&](int64_t base, int st) {
+      if (is_full(base)) issue_t(std::true_type{}, base, st);
+      else issue_t(std::false_type{}, base, st);
+    };
+    // Read tile `base` back from ring stage st into registers.
+    auto consume = [&](auto fullc, int64_t base, int st, S (&P)[ITEMS], S (&H)[ITEMS],
+                       S (&F)[ITEMS]) {
+      constexpr bool full = decltype(fullc)::value;
+      const int64_t q0 = base + (int64_t)w * ITEMS;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool ok = full || (dok && q0 + i < len);
+        if (!BWD) {
+          P[i] = ok ? E::ld(reinterpret_cast<const T*>(slot(st, 0, i)), 0) : S(R(1));
+        } else {
+          P[i] = (ok && (full || q0 + i > 0))
+                     ? conj_(E::ld(reinterpret_cast<const T*>(slot(st, 0, i)), 0))
+                     : S(R(1));
+          F[i] = (has_ga && ok && (full || q0 + i + 1 < len))
+                     ? E::ld(reinterpret_cast<const T*>(slot(st, 2, i)), 0)
+                     : hinit;
+        }
+        H[i] = (has_b && ok) ? E::ld(reinterpret_cast<const T*>(slot(st, 1, i)), 0) : S(R(0));
+      }
+    };
+    const int64_t ntiles = (len + tile - 1) / tile;
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; ++k) {
+      if (k < ntiles) issue((int64_t)k * tile, k);
+      cp_async_commit();  // empty groups keep the group count uniform
+    }
+    int st = 0, buf = 0;
+    for (int64_t k = 0; k < ntiles; ++k) {
+      const int64_t kn = k + STAGES - 1;
+      // slot kn % STAGES held tile k - 1, already read back into registers
+      if (kn < ntiles) issue(kn * tile, (int)(kn % STAGES));
+      cp_async_commit();
+      cp_async_wait<STAGES - 1>();  // tile k has landed
+      const int64_t base = k * tile;
+      S P[ITEMS], H[ITEMS], F[ITEMS];
+      if (is_full(base)) {
+        consume(std::true_type{}, base, st, P, H, F);
+        scan_tile(std::true_type{}, base, P, H, F, buf);
+      } else {
+        consume(std::false_type{}, base, st, P, H, F);
+        scan_tile(std::false_type{}, base, P, H, F, buf);
+      }
+      buf ^= 1;
+      st = st + 1 == STAGES ? 0 : st + 1;
+    }
+  } else {
+    // Forward: the tile's inputs are loaded one tile ahead (registers Pn / Hn), so the DRAM
+    // latency of tile k+1 overlaps the scan, barrier and stores of tile k.  The adjoint, which
+    // reads three streams, would need ~160 registers for that (one block per SM), so it loads in
+    // place (the ring kernels above prefetch it).
+    auto load_t = [&](auto fullc, int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS]) {
+      constexpr bool full = decltype(fullc)::value;
+      const int64_t q0 = base + (int64_t)w * ITEMS;
+      const T* pa = a + first(arow0, base);
+      const T* pb = has_b ? b + first(row0, base) : nullptr;
+      const T* pf = has_ga ? hf + first(row0, base) : nullptr;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool ok = full || (dok && q0 + i < len);
+        if (!BWD) {
+          P[i] = ok ? E::ld(pa, 0) : S(R(1));
+        } else {
+          // multiplier of position q: conj(a) of the position scanned just before (1 at q = 0)
+          P[i] = (ok && (full || q0 + i > 0)) ? conj_(E::ld(pa - sT, 0)) : S(R(1));
+          // grad_a_t = g_t * conj(forward state before t) = position q + 1 in this order
+          F[i] = (has_ga && ok && (full || q0 + i + 1 < len)) ? E::ld(pf + sT, 0) : hinit;
+        }
+        H[i] = (has_b && ok) ? E::ld(pb, 0) : S(R(0));
+        pa += sT;
+        if (has_b) pb += sT;
+        if (has_ga) pf += sT;
+      }
+    };
+    auto load = [&](int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS]) {
+      if (is_full(base)) load_t(std::true_type{}, base, P, H, F);
+      else load_t(std::false_type{}, base, P, H, F);
+    };
+    S Pn[ITEMS], Hn[ITEMS], Fn[ITEMS];
+    if (!BWD && len > 0) load(0, Pn, Hn, Fn);
+    int buf = 0;
+    for (int64_t base = 0; base < len; base += tile) {
+      S P[ITEMS], H[ITEMS], F[ITEMS];
+      if constexpr (BWD) {
+        load(base, P, H, F);
+      } else {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+          P[i] = Pn[i];
+          H[i] = Hn[i];
+        }
+        if (base + tile < len) load(base + tile, Pn, Hn, Fn);
+      }
+      if (is_full(base)) scan_tile(std::true_type{}, base, P, H, F, buf);
+      else scan_tile(std::false_type{}, base, P, H, F, buf);
+      buf ^= 1;
+    }
   }
   if (dok) {
     S res = carry;
     if (BWD && len > 0) {
       // grad_h0 = conj(a at the first forward token) * g there
-      const int64_t tf = rev ? start : end - 1;
-      res = conj_(E::ld(a, arow + tf * D)) * carry;
+      res = conj_(E::ld(a, arowE)) * carry;
     }
     EC::st(static_cast<R*>(p.last), s * D + d, res);
   }
 }
 
-template <typename T, typename S, int ITEMS>
-static void launch_typed(const DiagParams& p, cudaStream_t stream) {
+// Warps per block: 8, fewer for short sequences.
+static int diag_warps(const DiagParams& p, int items) {
   const int64_t per_seq = p.cu != nullptr ? (p.L + p.nseq - 1) / (p.nseq > 0 ? p.nseq : 1) : p.L;
   int W = kMaxWarps;
-  while (W > 1 && (int64_t)(W / 2) * ITEMS >= per_seq) W /= 2;  // short sequences: fewer warps
+  while (W > 1 && (int64_t)(W / 2) * items >= per_seq) W /= 2;
+  return W;
+}
+
+template <typename T, typename S, int ITEMS, bool BWD, int STAGES>
+static void launch_kernel(const DiagParams& p, int W, cudaStream_t stream) {
   dim3 block(32, W);
   dim3 grid((unsigned)((p.D + 31) / 32), (unsigned)p.nseq);
-  if (p.bwd) diag_scan_kernel<T, S, ITEMS, true><<<grid, block, 0, stream>>>(p);
-  else diag_scan_kernel<T, S, ITEMS, false><<<grid, block, 0, stream>>>(p);
+  size_t smem = 0;
+  auto kern = diag_scan_kernel<T, S, ITEMS, BWD, STAGES>;
+  if constexpr (STAGES >= 2) {
+    // Static (sP, sH) plus dynamic shared memory above 48 KiB needs the opt-in, so it is set on
+    // every launch (a host-side call; per device context).
+    smem = (size_t)STAGES * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>();
+    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  }
+  kern<<<grid, block, smem, stream>>>(p);
+}
+
+// Ring depth: LRNNX_DIAG_STAGES (read per call, so a test or benchmark can compare them in one
+// process) or the measured default; shrunk while the ring does not fit the block's shared memory.
+template <typename T, typename S, int ITEMS, bool BWD>
+static void launch_dir(const DiagParams& p, int stages, cudaStream_t stream) {
+  const int W = diag_warps(p, ITEMS);
+  if (const char* v = std::getenv("LRNNX_DIAG_STAGES")) stages = std::atoi(v);
+  if (stages != 0 && stages != 2 && stages != 3 && stages != 4) stages = 0;
+  int dev = 0, optin = 48 * 1024;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const size_t stat = 2 * 2 * kMaxWarps * 32 * sizeof(S);  // sP, sH
+  while (stages > 2 &&
+         stat + (size_t)stages * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>() > (size_t)optin)
+    --stages;
+  if (stages == 2 && stat + (size_t)2 * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>() > (size_t)optin)
+    stages = 0;
+  switch (stages) {
+    case 2: launch_kernel<T, S, ITEMS, BWD, 2>(p, W, stream); break;
+    case 3: launch_kernel<T, S, ITEMS, BWD, 3>(p, W, stream); break;
+    case 4: launch_kernel<T, S, ITEMS, BWD, 4>(p, W, stream); break;
+    default: launch_kernel<T, S, ITEMS, BWD, 0>(p, W, stream); break;
+  }
+}
+
+// STAGED instantiates the ring kernels (the measured types only, to bound the JIT build time).
+// Element types of 2 bytes cannot go through cp.async (4, 8 or 16 bytes): register path only.
+template <typename T, typename S, int ITEMS, bool STAGED = false>
+static void launch_typed(const DiagParams& p, cudaStream_t stream, int fwd_stages = 0, int bwd_stages = 0) {
+  if constexpr (STAGED && elem_bytes<T, S>() >= 4) {
+    if (p.bwd) launch_dir<T, S, ITEMS, true>(p, bwd_stages, stream);
+    else launch_dir<T, S, ITEMS, false>(p, fwd_stages, stream);
+  } else {
+    const int W = diag_warps(p, ITEMS);
+    if (p.bwd) launch_kernel<T, S, ITEMS, true, 0>(p, W, stream);
+    else launch_kernel<T, S, ITEMS, false, 0>(p, W, stream);
+  }
 }
 
 // Channel groups: G consecutive real channels per lane move as one vector load, which keeps
@@ -167,33 +383,38 @@ static bool grouped(const DiagParams& p, int G, size_t store_bytes) {
 }
 
 template <typename T, typename V, int ITEMS>
-static void launch_grouped(const DiagParams& p, int G, cudaStream_t stream) {
+static void launch_grouped(const DiagParams& p, int G, cudaStream_t stream, int fs, int bs) {
   DiagParams q = p;
   q.D = p.D / G;
-  launch_typed<T, V, ITEMS>(q, stream);
+  launch_typed<T, V, ITEMS, true>(q, stream, fs, bs);
 }
 
+// Ring depths (forward, adjoint) per storage type, from one H200 run of every depth (B16 L4096,
+// fwd / fwd+bwd ms; benchmarks/NOTES.md): bf16 pairs 0: 0.156 / 0.693, 2: 0.119 / 0.415,
+// 3: 0.119 / 0.468, 4: 0.119 / 0.458; fp32 pairs 0: 0.202 / 0.545, 2: 0.205 / 0.560 (at B32
+// L1024 D256 the adjoint gains 25-35% from depth 2); complex64 (D512) 0: 0.203 / 0.532,
+// 4: 0.198 / 0.571.
 void launch_diag_scan(const DiagParams& p, cudaStream_t stream) {
   if (p.nseq == 0 || p.D == 0) return;
   switch (p.dtype) {
     case DType::F32:
-      if (p.cplx) launch_typed<float, Cx<float>, 8>(p, stream);
-      else if (grouped(p, 2, 4)) launch_grouped<float, F2, 8>(p, 2, stream);
+      if (p.cplx) launch_typed<float, Cx<float>, 8, true>(p, stream, 4, 0);
+      else if (grouped(p, 2, 4)) launch_grouped<float, F2, 8>(p, 2, stream, 0, 2);
       else launch_typed<float, float, 8>(p, stream);
       break;
     case DType::F64:
       if (p.cplx) launch_typed<double, Cx<double>, 4>(p, stream);
       else launch_typed<double, double, 8>(p, stream);
       break;
-    // complex32 is not accepted (ops.cpp), so half precisions are real here.  Pairs, 8 items:
-    // measured 0.232 / 0.807 ms (bf16 fwd / fwd+bwd); four channels per lane (8-byte loads)
-    // 0.332 / 0.911 ms with 4 items (8 items: 128-180 registers); pairs with 16 items 0.237 / 1.12.
+    // complex32 is not accepted (ops.cpp), so half precisions are real here.  Earlier register
+    // path layouts (session 2): pairs, 8 items 0.232 / 0.807 ms (bf16 fwd / fwd+bwd); four
+    // channels per lane 0.332 / 0.911 ms; pairs with 16 items 0.237 / 1.12.
     case DType::F16:
-      if (grouped(p, 2, 2)) launch_grouped<__half, F2, 8>(p, 2, stream);
+      if (grouped(p, 2, 2)) launch_grouped<__half, F2, 8>(p, 2, stream, 2, 2);
       else launch_typed<__half, float, 16>(p, stream);
       break;
     case DType::BF16:
-      if (grouped(p, 2, 2)) launch_grouped<__nv_bfloat16, F2, 8>(p, 2, stream);
+      if (grouped(p, 2, 2)) launch_grouped<__nv_bfloat16, F2, 8>(p, 2, stream, 2, 2);
       else launch_typed<__nv_bfloat16, float, 16>(p, stream);
       break;
   }
