@@ -158,3 +158,73 @@ def test_prefer_hook_steps_aside_and_is_fallback():
     finally:
         REGISTRY.unregister("scan_backend", "pref_fast")
         ops.clear_backend_cache()
+
+
+def test_direct_path_only_for_plain_eager_tensors(monkeypatch):
+    t, p = torch.ones(2), torch.nn.Parameter(torch.ones(2))
+    assert kops._direct(t, None, p)
+    assert not kops._direct(torch.empty(2, device="meta").as_subclass(_Sub))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kops._direct(t)
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_eager_diag_twin_matches_reference_and_skips_custom_op(monkeypatch):
+    # The eager path (autograd.Function around the library's ops) with a stand-in library that
+    # computes on the CPU: forward and gradients must equal the reference, and the custom op must
+    # not run.
+    from lrnnx_kernels import diag_scan_chunked
+
+    calls = []
+
+    class Lib:
+        def diag_scan_fwd(self, a, b, h0, cu, reverse):
+            calls.append("fwd")
+            return diag_scan_chunked(a, b, h0, reverse=reverse)
+
+        def diag_scan_bwd(self, a, h, h0, cu, gh, gl, reverse, need_a):
+            calls.append(("bwd", need_a, gh is None, gl is None))
+            prev = torch.cat([(h0 if h0 is not None else torch.zeros_like(h[:, 0]))[:, None],
+                              h[:, :-1]], 1)
+            b = h - a * prev  # recover the inputs of the forward
+            xs = [a.detach().requires_grad_(), b.detach().requires_grad_(),
+                  (h0 if h0 is not None else torch.zeros_like(h[:, 0])).detach().requires_grad_()]
+            with torch.enable_grad():  # backward runs with grad mode off
+                out = diag_scan_chunked(*xs)
+                pairs = [(o, g) for o, g in zip(out, (gh, gl)) if g is not None]
+                ga, gb, g0 = torch.autograd.grad([o for o, _ in pairs], xs,
+                                                 [g for _, g in pairs])
+            return (ga if need_a else ga.new_empty(0)), gb, g0
+
+    def boom(*a, **k):
+        raise AssertionError("the custom op ran in eager mode")
+
+    monkeypatch.setattr(kops, "_impl", lambda: Lib())
+    monkeypatch.setattr(kops, "_diag_op", boom)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 7, 3, generator=g, dtype=torch.float64) * 0.5 + 0.4).requires_grad_()
+    b = torch.randn(2, 7, 3, generator=g, dtype=torch.float64).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+    h, last = kops.diag_scan(a, b, h0)
+    rh, rl = diag_scan_chunked(a, b, h0)
+    torch.testing.assert_close(h, rh)
+    torch.testing.assert_close(last, rl)
+    w = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((h * w).sum() + last.sum(), (a, b, h0))
+    ref = torch.autograd.grad((rh * w).sum() + rl.sum(), (a, b, h0))
+    for x, r in zip(got, ref):
+        torch.testing.assert_close(x, r)
+    assert calls[0] == "fwd" and calls[1] == ("bwd", True, False, False)
+    # only h used: the gradient of h_last arrives as None (no zeros materialized)
+    calls.clear()
+    h, _ = kops.diag_scan(a, b.detach(), None)
+    torch.autograd.grad(h.sum(), a)
+    assert calls[1] == ("bwd", True, False, True)
+    # no gradient needed: the library's forward runs directly
+    calls.clear()
+    with torch.no_grad():
+        kops.diag_scan(a, b, h0)
+    assert calls == ["fwd"]

@@ -46,6 +46,20 @@ def _compute(dt: torch.dtype, cplx: bool) -> torch.dtype:
     return _cplx(r) if cplx else r
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _direct(*tensors) -> bool:
+    """Eager calls on plain tensors skip the custom-op layer and call the library's ops directly
+    (through :class:`torch.autograd.Function` when a gradient is needed).  The custom op's Python
+    dispatch cost ~40 us per call on the H200 host, enough to make a 0.12 ms bf16 scan
+    CPU-bound (benchmarks/NOTES.md).  Under torch.compile / export, or with tensor subclasses
+    (fake or functional tensors), the custom ops run as before (fake implementations)."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
 def chunk_len(double: bool, cplx: bool) -> int:
     """Tokens per selective-scan checkpoint (must equal ``selective_chunk`` in the library)."""
     size = (8 if double else 4) * (2 if cplx else 1)
@@ -101,11 +115,12 @@ def _diag_setup(ctx, inputs, output):
     ctx.reverse = reverse
 
 
-def _diag_backward(ctx, gh, gl):
+def _diag_backward(ctx, gh, gl, bwd=None):
     a, h, h0, cu = ctx.saved_tensors
     gh = None if gh is None else gh.to(h.dtype).contiguous()
     gl = None if gl is None else gl.to(_compute(a.dtype, a.is_complex())).contiguous()
-    ga, gb, gh0 = _diag_bwd_op(a, h, h0, cu, gh, gl, ctx.reverse, ctx.needs_input_grad[0])
+    ga, gb, gh0 = (bwd or _diag_bwd_op)(a, h, h0, cu, gh, gl, ctx.reverse,
+                                        ctx.needs_input_grad[0])
     if not ctx.needs_input_grad[0]:
         ga = None
     elif a.shape[0] != h.shape[0]:
@@ -114,6 +129,30 @@ def _diag_backward(ctx, gh, gl):
 
 
 _diag_op.register_autograd(_diag_backward, setup_context=_diag_setup)
+
+
+class _DiagFn(torch.autograd.Function):
+    """The eager twin of ``_diag_op`` with its autograd (same setup and backward code)."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, cu, reverse):
+        out = _impl().diag_scan_fwd(a, b, h0, cu, reverse)
+        ctx.set_materialize_grads(False)
+        _diag_setup(ctx, (a, b, h0, cu, reverse), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, gh, gl):
+        return _diag_backward(ctx, gh, gl, _impl().diag_scan_bwd)
+
+
+def _diag_call(a, b, h0, cu, reverse):
+    if not _direct(a, b, h0, cu):
+        return _diag_op(a, b, h0, cu, reverse)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad
+                                    or (h0 is not None and h0.requires_grad)):
+        return _DiagFn.apply(a, b, h0, cu, reverse)
+    return _impl().diag_scan_fwd(a, b, h0, cu, reverse)
 
 
 def diag_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: bool = False,
@@ -139,8 +178,8 @@ def diag_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, reverse: bool = Fa
         last = h0.to(out) if h0 is not None else b.new_zeros((nseq, D), dtype=out)
         return b.new_zeros((B, 0, D), dtype=out), last
     h0c = None if h0 is None else h0.to(cdt).contiguous()
-    h, last = _diag_op(a.to(out).contiguous(), b.to(out).contiguous(), h0c,
-                       None if cu is None else cu.contiguous(), bool(reverse))
+    h, last = _diag_call(a.to(out).contiguous(), b.to(out).contiguous(), h0c,
+                         None if cu is None else cu.contiguous(), bool(reverse))
     return h, last.to(out)
 
 
@@ -193,7 +232,11 @@ def diag_step(a_t: Tensor, b_t: Tensor, h: Tensor | None) -> Tensor:
     if h.shape != b_t.shape:
         raise ValueError(f"h must be {tuple(b_t.shape)}; got {tuple(h.shape)}")
     cdt = _compute(out, out.is_complex)
-    res = _dstep_op(a_t.to(out).contiguous(), b_t.to(out).contiguous(), h.to(cdt).contiguous())
+    args = (a_t.to(out).contiguous(), b_t.to(out).contiguous(), h.to(cdt).contiguous())
+    if _direct(*args) and not (torch.is_grad_enabled() and any(t.requires_grad for t in args)):
+        res = _impl().diag_step(*args)
+    else:
+        res = _dstep_op(*args)
     return res.to(out)
 
 
@@ -241,7 +284,7 @@ def _sel_setup(ctx, inputs, output):
     ctx.cfg = (softplus, disc, store_ck)
 
 
-def _sel_backward(ctx, dy, dlast, _dck):
+def _sel_backward(ctx, dy, dlast, _dck, bwd=None):
     u, delta, A, B, C, D, z, bias, ts, ck = ctx.saved_tensors
     softplus, disc, store_ck = ctx.cfg
     if not store_ck:
@@ -249,7 +292,7 @@ def _sel_backward(ctx, dy, dlast, _dck):
                            "state checkpoints were kept; rerun it with grad enabled")
     dy = None if dy is None else dy.to(u.dtype).contiguous()
     dlast = None if dlast is None else dlast.to(A.dtype).contiguous()
-    (du, dd, dA, dB, dC, dD, dz, dbias, dts, dh0) = _sel_bwd_op(
+    (du, dd, dA, dB, dC, dD, dz, dbias, dts, dh0) = (bwd or _sel_bwd_op)(
         u, delta, A, B, C, D, z, bias, ts, ck, dy, dlast, softplus, disc)
     need = ctx.needs_input_grad
     return (du if need[0] else None, dd if need[1] else None,
@@ -262,6 +305,30 @@ def _sel_backward(ctx, dy, dlast, _dck):
 
 
 _sel_op.register_autograd(_sel_backward, setup_context=_sel_setup)
+
+
+class _SelFn(torch.autograd.Function):
+    """The eager twin of ``_sel_op`` with its autograd (same setup and backward code)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _impl().selective_fwd(*inputs)
+        ctx.set_materialize_grads(False)
+        _sel_setup(ctx, inputs, out)
+        ctx.mark_non_differentiable(out[2])
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, dy, dlast, dck):
+        return _sel_backward(ctx, dy, dlast, dck, _impl().selective_bwd)
+
+
+def _sel_call(*inputs):
+    if not _direct(*inputs[:10]):
+        return _sel_op(*inputs)
+    if inputs[12]:  # store_ck: a gradient is needed
+        return _SelFn.apply(*inputs)
+    return _impl().selective_fwd(*inputs)
 
 
 def _sel_cast(u, delta, A, B, C, D, z, delta_bias, timesteps, h0):
@@ -317,7 +384,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     need = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (u, delta, A, B, C, D, z, delta_bias, timesteps, h0))
-    y, last, _ = _sel_op(*args, bool(delta_softplus), DISC_CODES[discretization], need)
+    y, last, _ = _sel_call(*args, bool(delta_softplus), DISC_CODES[discretization], need)
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
 
@@ -353,5 +420,8 @@ def selective_step(u_t: Tensor, delta_t: Tensor, A: Tensor, B_t: Tensor, C_t: Te
     Dm = u_t.shape[1]
     Bg, Cg = _group(B_t, 1, Dm, "B_t"), _group(C_t, 1, Dm, "C_t")
     store, sdt, args = _sel_cast(u_t, delta_t, A, Bg, Cg, D, z_t, delta_bias, timesteps_t, state)
-    y, new = _sstep_op(*args, bool(delta_softplus), DISC_CODES[discretization])
+    if _direct(*args):
+        y, new = _impl().selective_step(*args, bool(delta_softplus), DISC_CODES[discretization])
+    else:
+        y, new = _sstep_op(*args, bool(delta_softplus), DISC_CODES[discretization])
     return y.to(u_t.dtype), new
