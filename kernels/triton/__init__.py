@@ -11,6 +11,8 @@ The functions mirror the reference kernels' signatures (plus keyword-only tile s
 * :func:`selective_step` ``(u_t, delta_t, A, B_t, C_t, state, ...) -> (y_t, state)``
 * :func:`causal_conv1d` ``(x, weight, bias=None, state=None, activation=None) -> (y, new_state)``:
   fused causal depthwise conv1d, optional fused SiLU (``causal_conv.py``)
+* :func:`rglru_gate` ``(ga, gx, x, coef, max_sqrt_grad=1000.0) -> (a, b)``: the RG-LRU gate math
+  fused forward and backward (``rglru_gate.py``)
 * :func:`available` / :func:`device_ok`: can they run here (cheap, see ``_host.py``).
 
 Importing this package imports triton, compiles nothing, and registers the ``lrnnx::triton_*``
@@ -27,13 +29,15 @@ from __future__ import annotations
 # submodules of the same name are loaded keeps the package attributes the functions.
 from . import causal_conv as _causal_conv_module  # noqa: F401
 from . import diag_scan as _diag_scan_module  # noqa: F401
+from . import rglru_gate as _rglru_gate_module  # noqa: F401
 from . import selective_scan as _selective_scan_module  # noqa: F401
 from . import step as _step_module  # noqa: F401
 from ._host import available, device_ok, interpret_mode
 from .causal_conv import causal_conv1d
 from .diag_scan import diag_scan
+from .rglru_gate import rglru_gate
 from .selective_scan import selective_scan
 from .step import diag_step, selective_step
 
 __all__ = ["available", "device_ok", "interpret_mode", "causal_conv1d", "diag_scan",
-           "diag_step", "selective_scan", "selective_step"]
+           "diag_step", "rglru_gate", "selective_scan", "selective_step"]

@@ -12,6 +12,12 @@ Real-Gated Linear Recurrent Unit, per channel, with :math:`c = 8`:
 
     h_t = a_t \odot h_{t-1} + \sqrt{1 - a_t^2} \odot (i_t \odot x_t).
 
+Fast path: on CUDA tensors (fp16 / bf16 / fp32, eager) the gate math above runs as one fused
+Triton kernel forward and one backward (``lrnnx_kernels.triton.rglru_gate``); the PyTorch code
+here is its slow twin (CPU, fp64, torch.compile, where inductor fuses it).  ``TRITON_MODE``
+(initial value from ``LRNNX_RGLRU_TRITON``): ``"auto"``, ``"off"`` (always PyTorch) or
+``"force"`` (also CPU tensors under ``TRITON_INTERPRET=1``: the interpreter tests).
+
 ``a_t`` is formed in log space and :math:`\sqrt{1-a_t^2} = \sqrt{-\operatorname{expm1}(2\log
 a_t)}`, so the normalizer keeps its precision when :math:`a_t \to 1` (in float32
 :math:`\sigma(\Lambda)` itself would round to 1 there).  Its derivative :math:`-a^2/\sqrt{1-a^2}`
@@ -22,7 +28,9 @@ finite for every gate value.  The scan runs through :func:`lrnnx.ops.diag_scan`.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +50,26 @@ C_GATE = 8.0
 MAX_SQRT_GRADIENT = 1000.0
 #: range of a**c at initialization (paper: "a^c uniformly distributed between 0.9 and 0.999")
 A_C_INIT = (0.9, 0.999)
+
+
+#: "auto" | "off" | "force": when ``RGLRUCore.coefficients`` takes the fused Triton kernels.
+TRITON_MODE = os.environ.get("LRNNX_RGLRU_TRITON", "auto")
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_HAS_TRITON: bool | None = None
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    """Cheap (no triton import): may the fused gate kernels run ``x``?"""
+    global _HAS_TRITON
+    if TRITON_MODE == "off" or x.dtype not in _TRITON_DTYPES or torch.compiler.is_compiling():
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the interpreter runs CPU tensors only
+        ok = TRITON_MODE == "force" and x.device.type == "cpu"
+    else:
+        ok = x.is_cuda
+    if ok and _HAS_TRITON is None:
+        _HAS_TRITON = importlib.util.find_spec("triton") is not None
+    return ok and bool(_HAS_TRITON)
 
 
 class _SqrtOneMinusA2(torch.autograd.Function):
@@ -109,9 +137,15 @@ class RGLRUCore(nn.Module):
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a_t, sqrt(1 - a_t^2) * i_t * x_t)`` for x (..., width)."""
-        r = torch.sigmoid(self.gate_a(x))
-        i = torch.sigmoid(self.gate_x(x))
-        log_a = -self.c * F.softplus(-self.a_param) * r       # log sigmoid(L) = -softplus(-L)
+        coef = -self.c * F.softplus(-self.a_param)  # log sigmoid(L) = -softplus(-L)
+        ga, gx = self.gate_a(x), self.gate_x(x)
+        if _use_triton(x) and ga.dtype in _TRITON_DTYPES and gx.dtype in _TRITON_DTYPES:
+            from lrnnx_kernels.triton.rglru_gate import rglru_gate
+
+            return rglru_gate(ga, gx, x, coef, MAX_SQRT_GRADIENT)
+        r = torch.sigmoid(ga)
+        i = torch.sigmoid(gx)
+        log_a = coef * r
         return torch.exp(log_a), sqrt_one_minus_a2(log_a) * (i * x)
 
     def scan(self, x, h0, cu_seqlens, backend):
