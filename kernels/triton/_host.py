@@ -54,6 +54,19 @@ def on_device(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def plain_eager(*tensors) -> bool:
+    """True for eager calls on plain tensors / Parameters (None allowed): such calls may skip
+    the ``torch.library`` custom op and run the kernels through an autograd.Function twin --
+    the custom op's Python dispatch costs ~50-60 us per call on the H200 host.  Under
+    torch.compile / export or with tensor subclasses (fake, functional) the custom op runs."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
 def real_of(dtype: torch.dtype) -> torch.dtype:
     return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 

@@ -25,13 +25,21 @@ stored)::
     dx[s]    = sum_j w[:, j] * g[s + K-1-j]      (s in [-(K-1), L): s < 0 is d state)
     dw[:, j] = sum_{b,t} g[t] * xt[t - K+1+j],   dbias = sum_{b,t} g[t]
 
-grid (chunks of TILES tiles of BLOCK_L rows, D / BLOCK_D, B).  With silu, g at the K shifted row
-windows a dx tile needs is recomputed from K shifted x loads each (K^2 cached loads, no shared
-memory round trip).  dw / dbias are reduced deterministically: a program accumulates its chunk
-in fp32 registers and writes one partial row to an fp32 buffer (B * chunks, K, D), which the host
-sums with ``torch.sum`` -- no atomics, so gradients are bitwise reproducible run to run.
-``TILES`` grows until the grid is ~``TARGET_PROGRAMS`` programs, which keeps that buffer small
-(B32 L1024 D512: 128 partial rows).  The chunk-0 programs also write d state (rows -(K-1)..-1).
+grid (chunks of TILES tiles of BLOCK_L rows, D / BLOCK_D, B).  g is computed once per time step
+(with silu from K shifted x loads and one sigmoid) and written to the program's scratch rows in an
+L2-resident fp32 buffer (BLOCK_L + KS rows of BLOCK_D per program); after a barrier the dx tile
+reads its K shifted windows of g from there, and the last K-1 rows of g slide to the front for the
+next tile (each program first computes the K-1 rows of g past its chunk start, so chunks are
+independent).  The previous kernel recomputed g at each of the K windows (K^2 loads and K
+sigmoids per element): 0.53 -> 0.23 ms at B32 L1024 D512 fp32 on the H200.  dw / dbias are
+reduced deterministically: a program accumulates its chunk in fp32 registers and writes one
+partial row to an fp32 buffer (B * chunks, D, K), which the host sums with ``torch.sum`` -- no
+atomics, so gradients are bitwise reproducible run to run.  ``TILES`` grows until the grid is
+~``TARGET_PROGRAMS`` programs, which bounds that buffer (B32 L1024 D512: 1024 partial rows,
+8 MB).  The chunk-0 programs also write d state (rows -(K-1)..-1).
+
+Eager calls on plain tensors run the kernels through an autograd.Function twin (``_ConvFn``);
+under torch.compile / export the ``torch.library`` custom ops run (fake implementations).
 """
 from __future__ import annotations
 
@@ -44,15 +52,17 @@ from torch import Tensor
 
 from . import _host
 
-# Tiles.  ptxas (sm_90, bf16, K = 4, fused silu): forward 64 x 64 / 8 warps 128 registers;
-# backward 32 x 64 / 8 warps 226 registers (the K^2 recomputing loads are hoisted), no spills.
+# Tiles.  ptxas (sm_90, bf16, K = 4, fused silu): forward 64 x 64 / 8 warps 128 registers.
+# Backward: 16 x 64 / 2 warps, ~8 programs' tiles in flight per SM; chosen on the H200 (B32 D512
+# fp32, benchmarks/NOTES.md session 5): 0.23 ms at L1024 vs 0.27-0.31 for 32-64 x 32-64 tiles
+# with 4-8 warps and 0.53 ms for the previous kernel (K^2 recomputing loads).
 FWD_BLOCK_L = 64
 FWD_BLOCK_D = 64
 FWD_NUM_WARPS = 8
-BWD_BLOCK_L = 32
+BWD_BLOCK_L = 16
 BWD_BLOCK_D = 64
-BWD_NUM_WARPS = 8
-TARGET_PROGRAMS = 1024  # backward: tiles per program grow until the grid is about this size
+BWD_NUM_WARPS = 2
+TARGET_PROGRAMS = 8192  # backward: tiles per program grow until the grid is about this size
 MAX_TILES = 16
 MAX_K = 8
 
@@ -77,7 +87,7 @@ def _pre_act(xb, sb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl,
     """bias + sum_j w[:, j] * xt[t - K+1+j] for times t = t0 + rows, a (rows, BLOCK_D) tile."""
     acc = bias[None, :] + tl.zeros([rows.shape[0], d.shape[0]], ACC)
     for j in tl.static_range(K):
-        wj = tl.load(w_ptr + j * D + d, mask=dm, other=0.0).to(ACC)
+        wj = tl.load(w_ptr + d * K + j, mask=dm, other=0.0).to(ACC)  # weight (D, K)
         acc += wj[None, :] * _load_xt(xb, sb, t0 - (K - 1) + j, rows, dm2, L, D, sxl, K,
                                       HAS_STATE, ACC)
     return acc
@@ -118,38 +128,60 @@ def _causal_conv_fwd_kernel(
 
 
 @triton.jit
-def _dx_tile(xb, sb, gb, w_ptr, bias, s0, rows, d, dm, dm2, L, D, sxl,
-             K: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr):
-    """(dx at times s = s0 + rows, g at those times), g = dL/d pre (0 outside [0, L));
-    ``gb``: (1, BLOCK_D) pointers to dy[b, 0, d]."""
-    dx = tl.zeros([rows.shape[0], d.shape[0]], ACC)
-    g0 = tl.zeros([rows.shape[0], d.shape[0]], ACC)
+def _g_tile(xb, sb, gb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl,
+            K: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr):
+    """g = dL/d pre at times t0 + rows (0 outside [0, L)); ``gb``: (1, BLOCK_D) pointers to
+    dy[b, 0, d].  With silu the pre-activation is recomputed from K shifted x loads."""
+    t2 = (t0 + rows)[:, None]
+    g = tl.load(gb + t2.to(tl.int64) * D, mask=(t2 >= 0) & (t2 < L) & dm2, other=0.0).to(ACC)
+    if SILU:
+        pre = _pre_act(xb, sb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl, K, HAS_STATE, ACC)
+        sig = 1.0 / (1.0 + tl.exp(-pre))
+        g = g * (sig * (1.0 + pre * (1.0 - sig)))
+    return g
+
+
+@triton.jit
+def _wb_acc(dwacc, dbacc, g, xb, sb, t0, rows, jj, dm2, L, D, sxl,
+            K: tl.constexpr, HAS_STATE: tl.constexpr, ACC: tl.constexpr):
+    """dw[:, j] += sum_t g[t] xt[t - K+1+j], dbias += sum_t g[t] for the g tile at t0 + rows."""
+    dbacc += tl.sum(g, axis=0)
+    for j in tl.static_range(K):
+        xj = _load_xt(xb, sb, t0 - (K - 1) + j, rows, dm2, L, D, sxl, K, HAS_STATE, ACC)
+        dwacc += tl.where(jj[:, None] == j, tl.sum(g * xj, axis=0)[None, :], 0.0)
+    return dwacc, dbacc
+
+
+@triton.jit
+def _window_dx(sc, w_ptr, off, hi, rows, d, dm, D, K: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """sum_lag w[:, K-1-lag] * g[scratch row off + rows + lag]; rows outside [0, hi) read 0."""
+    dx = tl.zeros([rows.shape[0], BLOCK_D], ACC)
     for lag in tl.static_range(K):
-        t2 = (s0 + lag + rows)[:, None]
-        g = tl.load(gb + t2.to(tl.int64) * D, mask=(t2 >= 0) & (t2 < L) & dm2,
-                    other=0.0).to(ACC)
-        if SILU:
-            pre = _pre_act(xb, sb, w_ptr, bias, s0 + lag, rows, d, dm, dm2, L, D, sxl, K,
-                           HAS_STATE, ACC)
-            sig = 1.0 / (1.0 + tl.exp(-pre))
-            g = g * (sig * (1.0 + pre * (1.0 - sig)))
-        wj = tl.load(w_ptr + (K - 1 - lag) * D + d, mask=dm, other=0.0).to(ACC)
+        r2 = (off + lag + rows)[:, None]
+        g = tl.load(sc + r2 * BLOCK_D, mask=(r2 >= 0) & (r2 < hi), other=0.0,
+                    cache_modifier=".cg")
+        wj = tl.load(w_ptr + d * K + (K - 1 - lag), mask=dm, other=0.0).to(ACC)
         dx += wj[None, :] * g
-        if lag == 0:
-            g0 = g
-    return dx, g0
+    return dx
 
 
 @triton.jit
 def _causal_conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw_ptr, db_ptr,
+    x_ptr, w_ptr, bias_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw_ptr, db_ptr, sc_ptr,
     L, D, sxb, sxl, TILES, n_chunks,
     K: tl.constexpr, KW: tl.constexpr, KS: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_STATE: tl.constexpr, NEED_DS: tl.constexpr, NEED_WB: tl.constexpr,
     SILU: tl.constexpr, ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx (B, L, D); ds (B, K-1, D) d state (chunk-0 programs); dw partials (B*chunks, KW, D)
-    and db partials (B*chunks, D) in fp32/fp64, one row per program."""
+    """dx (B, L, D); ds (B, K-1, D) d state (chunk-0 programs); dw partials (B*chunks, D, K)
+    and db partials (B*chunks, D) in fp32/fp64, one row per program.
+
+    g = dL/d pre is computed once per time step and written to this program's scratch rows
+    (BLOCK_L + KS rows of BLOCK_D, L2-resident): rows [0, K-1) hold g[r0 .. r0+K-1) carried
+    from the previous tile, rows [K-1, K-1+BLOCK_L) the tile's new g[r0+K-1 ..); after a
+    barrier the dx tile at r0 + rows reads its K windows from there, then the last K-1 rows
+    slide to the front."""
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -157,6 +189,7 @@ def _causal_conv_bwd_kernel(
     dm = d < D
     dm2 = dm[None, :]
     rows = tl.arange(0, BLOCK_L)
+    r = tl.arange(0, KS)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dm, other=0.0).to(ACC)
     else:
@@ -164,32 +197,59 @@ def _causal_conv_bwd_kernel(
     xb, sb = _bases(x_ptr, s_ptr, b, d, D, sxb, K)
     gb = dy_ptr + b * L * D + d[None, :]
     dxb = dx_ptr + b * L * D + d[None, :]
+    prog = (b * n_chunks + pid_c) * tl.num_programs(1) + pid_d
+    sc = sc_ptr + prog * ((BLOCK_L + KS) * BLOCK_D) + tl.arange(0, BLOCK_D)[None, :]
     jj = tl.arange(0, KW)
     dwacc = tl.zeros([KW, BLOCK_D], ACC)
     dbacc = tl.zeros([BLOCK_D], ACC)
-    for i in range(TILES):
-        s0 = (pid_c * TILES + i) * BLOCK_L
-        dx, g0 = _dx_tile(xb, sb, gb, w_ptr, bias, s0, rows, d, dm, dm2, L, D, sxl,
-                          K, HAS_STATE, SILU, ACC)
-        s2 = (s0 + rows)[:, None]
-        tl.store(dxb + s2.to(tl.int64) * D, dx.to(dx_ptr.dtype.element_ty), mask=(s2 < L) & dm2)
+    c0 = pid_c * TILES * BLOCK_L
+    c1 = c0 + TILES * BLOCK_L
+    if K > 1:
+        # prefix: g[c0 .. c0+K-1) -> scratch rows [0, K-1)
+        rm = (r < K - 1)[:, None]
+        gp = _g_tile(xb, sb, gb, w_ptr, bias, c0, r, d, dm, dm2, L, D, sxl,
+                     K, HAS_STATE, SILU, ACC)
+        gp = tl.where(rm, gp, 0.0)
+        tl.store(sc + r[:, None] * BLOCK_D, gp, mask=rm)
         if NEED_WB:
-            dbacc += tl.sum(g0, axis=0)
-            for j in tl.static_range(K):
-                xj = _load_xt(xb, sb, s0 - (K - 1) + j, rows, dm2, L, D, sxl, K, HAS_STATE, ACC)
-                dwacc += tl.where(jj[:, None] == j, tl.sum(g0 * xj, axis=0)[None, :], 0.0)
+            dwacc, dbacc = _wb_acc(dwacc, dbacc, gp, xb, sb, c0, r, jj, dm2, L, D, sxl,
+                                   K, HAS_STATE, ACC)
+        tl.debug_barrier()
+        if NEED_DS:
+            if pid_c == 0:
+                # d state = dx at s = -(K-1) + r: g[s + lag] is scratch row r - (K-1) + lag
+                dsx = _window_dx(sc, w_ptr, 1 - K, K - 1, r, d, dm, D, K, ACC, BLOCK_D)
+                tl.store(ds_ptr + (b * (K - 1) + r[:, None]) * D + d[None, :],
+                         dsx.to(ds_ptr.dtype.element_ty), mask=rm & dm2)
+    for i in range(TILES):
+        r0 = c0 + i * BLOCK_L
+        t0 = r0 + (K - 1)
+        g = _g_tile(xb, sb, gb, w_ptr, bias, t0, rows, d, dm, dm2, L, D, sxl,
+                    K, HAS_STATE, SILU, ACC)
+        tl.store(sc + (K - 1 + rows)[:, None] * BLOCK_D, g)
+        if NEED_WB:
+            g = tl.where((t0 + rows)[:, None] < c1, g, 0.0)  # later rows: the next chunk's
+            dwacc, dbacc = _wb_acc(dwacc, dbacc, g, xb, sb, t0, rows, jj, dm2, L, D, sxl,
+                                   K, HAS_STATE, ACC)
+        tl.debug_barrier()
+        dx = _window_dx(sc, w_ptr, 0, BLOCK_L + K - 1, rows, d, dm, D, K, ACC, BLOCK_D)
+        s2 = (r0 + rows)[:, None]
+        tl.store(dxb + s2.to(tl.int64) * D, dx.to(dx_ptr.dtype.element_ty), mask=(s2 < L) & dm2)
+        if K > 1:
+            # slide scratch rows [BLOCK_L, BLOCK_L+K-1) to [0, K-1) for the next tile; the
+            # barrier also keeps the next tile's g stores behind every lane's dx loads
+            rm = (r < K - 1)[:, None]
+            carry = tl.load(sc + (BLOCK_L + r)[:, None] * BLOCK_D, mask=rm, other=0.0,
+                            cache_modifier=".cg")
+            tl.debug_barrier()
+            tl.store(sc + r[:, None] * BLOCK_D, carry, mask=rm)
+        else:
+            tl.debug_barrier()
     if NEED_WB:
         prow = b * n_chunks + pid_c
-        tl.store(dw_ptr + (prow * KW + jj[:, None]) * D + d[None, :], dwacc,
+        tl.store(dw_ptr + (prow * D + d[None, :]) * K + jj[:, None], dwacc,
                  mask=(jj[:, None] < K) & dm2)
         tl.store(db_ptr + prow * D + d, dbacc, mask=dm)
-    if NEED_DS:
-        if pid_c == 0:
-            r = tl.arange(0, KS)
-            dsx, _ = _dx_tile(xb, sb, gb, w_ptr, bias, 1 - K, r, d, dm, dm2, L, D, sxl,
-                              K, HAS_STATE, SILU, ACC)
-            tl.store(ds_ptr + (b * (K - 1) + r[:, None]) * D + d[None, :],
-                     dsx.to(ds_ptr.dtype.element_ty), mask=(r[:, None] < K - 1) & dm2)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -216,7 +276,6 @@ def _fwd(x, weight, bias, state, silu, block_l, block_d):
     B, L, D = x.shape
     K = weight.shape[1]
     state = _state_t(state, K)
-    weight = weight.t().contiguous()  # (K, D): tap j's weights are a contiguous row
     bl, bd = _blocks(D, block_l, block_d, FWD_BLOCK_L, FWD_BLOCK_D)
     x, sxb, sxl = _x_strides(x)
     y = torch.empty((B, L, D), dtype=x.dtype, device=x.device)
@@ -245,9 +304,10 @@ def _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, t
     B, L, D = x.shape
     K = weight.shape[1]
     bl, bd = _blocks(D, block_l, block_d, BWD_BLOCK_L, BWD_BLOCK_D)
+    ks = _host.pow2_ceil(max(K - 1, 1))
+    bl = max(bl, ks)  # the carried K-1 rows of g fit in one tile (and in the first chunk)
     x, sxb, sxl = _x_strides(x)
     state = _state_t(state, K)
-    weight = weight.t().contiguous()
     dy = dy.contiguous()
     acc = _host.acc_dtype(x.dtype)
     tiles = _tiles(B, L, D, bl, bd, tiles)
@@ -258,20 +318,22 @@ def _bwd(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l, block_d, t
     ds = torch.empty((B, K - 1, D), dtype=state.dtype, device=x.device) if need_ds else None
     dmy = _host.dummy(x)
     if need_wb:
-        dw_part = torch.empty((B * n_chunks, kw, D), dtype=acc, device=x.device)
+        dw_part = torch.empty((B * n_chunks, D, K), dtype=acc, device=x.device)
         db_part = torch.empty((B * n_chunks, D), dtype=acc, device=x.device)
     grid = (n_chunks, triton.cdiv(D, bd), B)
+    # g = dL/d pre of each program's current tile and the K-1 rows carried into the next one
+    scratch = torch.empty((n_chunks * grid[1] * B, bl + ks, bd), dtype=acc, device=x.device)
     with _host.on_device(x):
         _causal_conv_bwd_kernel[grid](
             x, weight, dmy if bias is None else bias, dmy if state is None else state, dy, dx,
             dmy if ds is None else ds, dw_part if need_wb else dmy, db_part if need_wb else dmy,
-            L, D, sxb, sxl, tiles, n_chunks,
-            K=K, KW=kw, KS=_host.pow2_ceil(max(K - 1, 1)), HAS_BIAS=bias is not None,
+            scratch, L, D, sxb, sxl, tiles, n_chunks,
+            K=K, KW=kw, KS=ks, HAS_BIAS=bias is not None,
             HAS_STATE=state is not None, NEED_DS=need_ds, NEED_WB=need_wb, SILU=silu,
             ACC=_host.tl_dtype(acc), BLOCK_L=bl, BLOCK_D=bd, num_warps=BWD_NUM_WARPS,
         )
     if need_wb:
-        dw = dw_part.sum(0)[:K].t().contiguous()
+        dw = dw_part.sum(0)
         db = db_part.sum(0)
     else:
         dw = db = None
@@ -325,25 +387,48 @@ def _setup(ctx, inputs, output):
     ctx.cfg = (silu, block_l, block_d, bwd_tiles)
 
 
-def _backward(ctx, dy):
-    x, weight, bias, state = ctx.saved_tensors
-    silu, block_l, block_d, bwd_tiles = ctx.cfg
-    nx, nw, nb, ns = ctx.needs_input_grad[:4]
+def _grads(x, weight, bias, state, dy, cfg, needs, bwd_op):
+    """The four input gradients (None where not needed) from one backward launch."""
+    silu, block_l, block_d, bwd_tiles = cfg
+    nx, nw, nb, ns = needs
     need_ds = bool(ns and state is not None)
     need_wb = bool(nw or (nb and bias is not None))
-    dx, ds, dw, db = _conv_bwd_op(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l,
-                                  block_d, bwd_tiles)
+    dx, ds, dw, db = bwd_op(x, weight, bias, state, dy, silu, need_ds, need_wb, block_l,
+                            block_d, bwd_tiles)
     K = weight.shape[1]
     gx = dx if nx else None
     gw = dw.to(weight.dtype) if nw else None
     gb = db.to(bias.dtype) if (nb and bias is not None) else None
     gs = None
     if need_ds:
-        gs = ds if K > 1 else torch.zeros_like(state)
-    return gx, gw, gb, gs, None, None, None, None
+        gs = ds if (K > 1 and ds is not None) else torch.zeros_like(state)
+    return gx, gw, gb, gs
+
+
+def _backward(ctx, dy):
+    x, weight, bias, state = ctx.saved_tensors
+    return (*_grads(x, weight, bias, state, dy, ctx.cfg, ctx.needs_input_grad[:4],
+                    _conv_bwd_op), None, None, None, None)
 
 
 _conv_op.register_autograd(_backward, setup_context=_setup)
+
+
+class _ConvFn(torch.autograd.Function):
+    """The eager twin of the custom op (same forward and backward code, no custom-op dispatch:
+    ~60 us less CPU per call on the H200 host, see ``_host.plain_eager``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, state, silu, block_l, block_d, bwd_tiles):
+        ctx.save_for_backward(x, weight, bias, state)
+        ctx.cfg = (silu, block_l, block_d, bwd_tiles)
+        return _fwd(x, weight, bias, state, silu, block_l, block_d)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, state = ctx.saved_tensors
+        return (*_grads(x, weight, bias, state, dy, ctx.cfg, ctx.needs_input_grad[:4], _bwd),
+                None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -391,6 +476,11 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     weight = weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     state = None if state is None else state.contiguous()
-    y = _conv_op(x, weight, bias, state, activation == "silu", int(block_l), int(block_d),
-                 int(bwd_tiles))
-    return y, ns
+    args = (x, weight, bias, state, activation == "silu", int(block_l), int(block_d),
+            int(bwd_tiles))
+    if not _host.plain_eager(x, weight, bias, state):
+        return _conv_op(*args), ns
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, weight, bias, state)):
+        return _ConvFn.apply(*args), ns
+    return _fwd(*args[:7]), ns

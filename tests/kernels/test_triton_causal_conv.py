@@ -234,6 +234,38 @@ def test_custom_op_opcheck():
                            2), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("need", ["all", "x_only", "weights_only", "no_grad"])
+def test_eager_twin_equals_custom_op(need, monkeypatch):
+    """Eager calls on plain tensors run the autograd.Function twin (no custom-op dispatch); its
+    outputs and gradients equal the custom op's bit for bit, and the op is not called."""
+    import lrnnx_kernels.triton.causal_conv as tcc
+
+    x, w, b, s = make(2, 2 * BL + 1, 4, torch.float32, 11)
+    flags = {"all": (1, 1, 1, 1), "x_only": (1, 0, 0, 0), "weights_only": (0, 1, 1, 0),
+             "no_grad": (0, 0, 0, 0)}[need]
+
+    def inputs():
+        return [t.detach().clone().requires_grad_(bool(f)) for t, f in zip((x, w, b, s), flags)]
+
+    gy = torch.randn(2, 2 * BL + 1, D)
+    ins = inputs()
+    y_op = tcc._conv_op(*ins, True, BL, BD, 2)
+    g_op = (torch.autograd.grad((y_op * gy).sum(), [t for t in ins if t.requires_grad])
+            if any(flags) else [])
+
+    calls = []
+    real = tcc._conv_op
+    monkeypatch.setattr(tcc, "_conv_op", lambda *a: calls.append(1) or real(*a))
+    ins = inputs()
+    y, _ = tcc.causal_conv1d(*ins, "silu", block_l=BL, block_d=BD, bwd_tiles=2)
+    g = (torch.autograd.grad((y * gy).sum(), [t for t in ins if t.requires_grad])
+         if any(flags) else [])
+    assert not calls, "the eager path must not dispatch the custom op"
+    assert torch.equal(y, y_op)
+    assert len(g) == len(g_op) and all(torch.equal(a, c) for a, c in zip(g, g_op))
+    assert tcc._host.plain_eager(x, None, torch.nn.Parameter(w))
+
+
 def test_torch_compile_fullgraph():
     """No graph break through CausalConv1d's kernel path (aot_eager: the interpreter runs it)."""
     torch.manual_seed(2)
