@@ -12,7 +12,8 @@ The functions mirror the reference kernels' signatures (plus keyword-only tile s
 * :func:`causal_conv1d` ``(x, weight, bias=None, state=None, activation=None) -> (y, new_state)``:
   fused causal depthwise conv1d, optional fused SiLU (``causal_conv.py``)
 * :func:`rglru_gate` ``(ga, gx, x, coef, max_sqrt_grad=1000.0) -> (a, b)``: the RG-LRU gate math
-  fused forward and backward (``rglru_gate.py``)
+  fused forward and backward (``rglru_gate.py``); :func:`rglru_gate_fused` takes both gates as
+  the halves of one (..., 2W) projection
 * :func:`available` / :func:`device_ok`: can they run here (cheap, see ``_host.py``).
 
 Importing this package imports triton, compiles nothing, and registers the ``lrnnx::triton_*``
@@ -35,9 +36,9 @@ from . import step as _step_module  # noqa: F401
 from ._host import available, device_ok, interpret_mode
 from .causal_conv import causal_conv1d
 from .diag_scan import diag_scan
-from .rglru_gate import rglru_gate
+from .rglru_gate import rglru_gate, rglru_gate_fused
 from .selective_scan import selective_scan
 from .step import diag_step, selective_step
 
 __all__ = ["available", "device_ok", "interpret_mode", "causal_conv1d", "diag_scan",
-           "diag_step", "rglru_gate", "selective_scan", "selective_step"]
+           "diag_step", "rglru_gate", "rglru_gate_fused", "selective_scan", "selective_step"]

@@ -138,6 +138,12 @@ class RGLRUCore(nn.Module):
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a_t, sqrt(1 - a_t^2) * i_t * x_t)`` for x (..., width)."""
         coef = -self.c * F.softplus(-self.a_param)  # log sigmoid(L) = -softplus(-L)
+        if _use_triton(x) and self.gate_a.n_heads == 1:
+            g2 = self._gates_fused(x)
+            if g2.dtype in _TRITON_DTYPES:
+                from lrnnx_kernels.triton.rglru_gate import rglru_gate_fused
+
+                return rglru_gate_fused(g2, x, coef, MAX_SQRT_GRADIENT)
         ga, gx = self.gate_a(x), self.gate_x(x)
         if _use_triton(x) and ga.dtype in _TRITON_DTYPES and gx.dtype in _TRITON_DTYPES:
             from lrnnx_kernels.triton.rglru_gate import rglru_gate
@@ -147,6 +153,15 @@ class RGLRUCore(nn.Module):
         i = torch.sigmoid(gx)
         log_a = coef * r
         return torch.exp(log_a), sqrt_one_minus_a2(log_a) * (i * x)
+
+    def _gates_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``[ga | gx]`` (..., 2 width) from one matmul (dense gates, ``n_heads == 1``): the
+        fused Triton gate reads both halves and returns one gradient, so the backward is one
+        matmul pair instead of two einsums and a sum of their input gradients."""
+        w = self.width
+        weight = torch.cat([self.gate_a.weight.view(w, w), self.gate_x.weight.view(w, w)], 1)
+        bias = torch.cat([self.gate_a.bias.view(w), self.gate_x.bias.view(w)])
+        return F.linear(x, weight.t(), bias)
 
     def scan(self, x, h0, cu_seqlens, backend):
         a, b = self.coefficients(x)

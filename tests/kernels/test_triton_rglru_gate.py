@@ -113,7 +113,42 @@ def test_half_precision_storage_computes_in_fp32():
     assert rel(a, ra) <= 1e-6 and rel(b, rb) <= 1e-5
 
 
-def test_layer_uses_the_kernels_and_matches_the_torch_path(monkeypatch):
+@pytest.mark.parametrize("shape", [(3, 5, 13), (7, 64)])
+@pytest.mark.parametrize("shift", [0.0, 20.0])
+def test_fused_gates_match_separate_gates(shape, shift):
+    """rglru_gate_fused on [ga | gx] (one (..., 2W) tensor) equals rglru_gate on ga, gx, and
+    its single gradient is the concatenation of the two gate gradients; float64 reference."""
+    from lrnnx_kernels.triton.rglru_gate import rglru_gate_fused
+
+    ga, gx, x, coef = inputs(shape, seed=sum(shape) + 1, shift=shift)
+    g2 = torch.cat([ga, gx], -1).requires_grad_()
+    xs = [x.clone().requires_grad_(), coef.clone().requires_grad_()]
+    a, b = rglru_gate_fused(g2, *xs, rg.MAX_SQRT_GRADIENT, block_r=BR, block_w=BW)
+    sep = [t.clone().requires_grad_() for t in (ga, gx, x, coef)]
+    a1, b1 = gate()(*sep, rg.MAX_SQRT_GRADIENT, block_r=BR, block_w=BW)
+    assert torch.equal(a, a1) and torch.equal(b, b1)
+    ref_in = [t.detach().double().requires_grad_() for t in (ga, gx, x, coef)]
+    ra, rb = reference(*ref_in)
+    assert rel(a, ra) <= 1e-6 and rel(b, rb) <= 1e-5
+    g = torch.Generator().manual_seed(2)
+    wa = torch.randn(shape, generator=g, dtype=torch.float64)
+    wb = torch.randn(shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((a * wa.float()).sum() + (b * wb.float()).sum(), [g2] + xs)
+    sgot = torch.autograd.grad((a1 * wa.float()).sum() + (b1 * wb.float()).sum(), sep)
+    ref = torch.autograd.grad((ra * wa).sum() + (rb * wb).sum(), ref_in)
+    assert got[0].shape == g2.shape
+    assert torch.equal(got[0], torch.cat(sgot[:2], -1))
+    for name, x_, r_ in zip(("g2", "x", "coef"), got,
+                            (torch.cat(ref[:2], -1), ref[2], ref[3])):
+        assert rel(x_, r_) <= 1e-5, f"grad {name}: {rel(x_, r_):.2e}"
+    with pytest.raises(ValueError, match="rglru_gate_fused"):
+        rglru_gate_fused(g2[..., :-1], *xs)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_layer_uses_the_kernels_and_matches_the_torch_path(monkeypatch, heads):
+    """n_heads = 1: one projection for both gates and the fused-gate kernel; n_heads = 2: the
+    block-diagonal einsums and the two-tensor kernel.  Both equal the PyTorch path."""
     import lrnnx
 
     calls = []
@@ -121,10 +156,13 @@ def test_layer_uses_the_kernels_and_matches_the_torch_path(monkeypatch):
 
     mod = importlib.import_module("lrnnx_kernels.triton.rglru_gate")  # the module, not the function
 
-    real = mod._RGLRUGate.apply
-    monkeypatch.setattr(mod._RGLRUGate, "apply", lambda *a: calls.append(1) or real(*a))
+    fn = mod._RGLRUGate2 if heads == 1 else mod._RGLRUGate
+    other = mod._RGLRUGate if heads == 1 else mod._RGLRUGate2
+    real = fn.apply
+    monkeypatch.setattr(fn, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(other, "apply", lambda *a: pytest.fail("wrong gate variant"))
     torch.manual_seed(0)
-    layer = lrnnx.build_layer("rglru(n_heads=2)", d_model=16)
+    layer = lrnnx.build_layer(f"rglru(n_heads={heads})", d_model=16)
     x = torch.randn(2, 11, 16, requires_grad=True)
     y = layer(x)
     y = y[0] if isinstance(y, tuple) else y
