@@ -218,6 +218,16 @@ class Mamba(lrnnx.Layer):
         rdt = torch.promote_types(re.dtype, torch.float32)  # no complex type for bf16
         return torch.complex(re.to(rdt), self.A_imag.to(rdt))
 
+    def _in_proj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, z): the two halves of ``in_proj`` as two matmuls on the split weight, so both come
+        out contiguous.  One matmul and ``chunk`` would give strided halves: the scan kernels then
+        copy z (B, L, d_inner) and the backward concatenates du and dz into one (B, L, 2 d_inner)
+        gradient; here the weight's gradient is the (tiny) concatenation instead."""
+        wu, wz = self.in_proj.weight.split(self.d_inner)
+        b = self.in_proj.bias
+        bu, bz = (None, None) if b is None else b.split(self.d_inner)
+        return F.linear(x, wu, bu), F.linear(x, wz, bz)
+
     def _ssm_inputs(self, u: torch.Tensor):
         """delta (before bias/softplus), B, C from the conv output u (..., d_inner)."""
         N = self.d_state
@@ -256,7 +266,7 @@ class Mamba(lrnnx.Layer):
         rows = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
         if state is not None:
             self._check_state(state, rows, x)
-        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, z = self._in_proj(x)
         u, conv_state = self.conv1d(u, None if state is None else state["conv"],
                                     cu_seqlens=cu_seqlens, activation="silu")
         delta, B, C = self._ssm_inputs(u)
