@@ -1,7 +1,7 @@
 """GPU benchmark of lrnnx's scans and layers against the peers, in one run on one GPU (issue #6).
 
     python benchmarks/gpu_scan.py [--quick] [--only PATTERN] [--device cuda] [--out DIR]
-                                  [--budget 330] [--limit 20] [--smoke]
+                                  [--budget 330] [--limit 20] [--rounds 1] [--smoke]
 
 Times lrnnx (triton and torch backends) against accelerated_scan, fla (chunk_hgrn,
 fused_recurrent_hgrn) and mamba_ssm on issue #6's workloads (diag scan fp32 / bf16 / complex64,
@@ -9,7 +9,10 @@ selective scan fp32 / bf16, layer train steps), with the device-to-device copy b
 roofline; prints a table and writes DIR/results.json and DIR/RESULTS-gpu.md (default DIR:
 benchmarks/out).  Absent peers are reported as "not installed".  The work is in
 :mod:`lrnnx.bench` (``suite``, ``workloads`` has the byte model); ``--smoke`` runs every code path
-at tiny sizes (``--device cpu`` with ``TRITON_INTERPRET=1`` for the Triton rows).
+at tiny sizes (``--device cpu`` with ``TRITON_INTERPRET=1`` for the Triton rows).  ``--rounds R``
+measures each workload's implementations R times, interleaved (A, B, A, B, ...), and reports the
+median of the rounds with their spread: use it for rows bound by the host CPU (the layer steps at
+L1024), whose times drift with the host's load between one implementation and the next.
 """
 from __future__ import annotations
 
@@ -49,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds for the whole run; later measurements are skipped (330)")
     p.add_argument("--limit", type=float, default=20.0,
                    help="a single call slower than this many seconds is not repeated (20)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each workload's implementations this many times, interleaved, "
+                   "and report the median (1)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 repeat (tests)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     _bootstrap()
 
     from rich.console import Console
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = SuiteOptions(device=args.device, quick=args.quick, only=args.only,
                         out=Path(args.out), budget_s=args.budget, limit_s=args.limit,
-                        smoke=args.smoke)
+                        smoke=args.smoke, rounds=args.rounds)
     try:
         results = run_suite(opts, log=log)
     except LrnnxError as exc:

@@ -47,6 +47,19 @@ def _gpu_scan():
     return mod
 
 
+def test_gpu_scan_script_rounds(tmp_path, capsys):
+    """--rounds 2: the options record it and the measured rows carry two rounds each."""
+    code = _gpu_scan().main(["--device", "cpu", "--smoke", "--only", "diag_scan float32",
+                             "--rounds", "2", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["options"]["rounds"] == 2
+    row = next(r for r in data["workloads"][0]["rows"] if r["impl"] == "lrnnx (torch)")
+    assert row["rounds"] == 2 and len(row["fwd_rounds_ms"]) == 2
+    assert row["fwd_ms"] == pytest.approx(sum(row["fwd_rounds_ms"]) / 2)
+    assert "median of 2 of 2 rounds" in row["note"]
+
+
 def test_gpu_scan_script_smoke_on_cpu(tmp_path, capsys):
     code = _gpu_scan().main(["--device", "cpu", "--smoke", "--only", "diag_scan float32",
                              "--out", str(tmp_path)])
@@ -85,6 +98,9 @@ def test_gpu_scan_script_errors(tmp_path, capsys):
     mod = _gpu_scan()
     assert mod.main(["--device", "cpu", "--smoke", "--only", "zzz", "--out", str(tmp_path)]) == 2
     assert "matches no workload" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--device", "cpu", "--smoke", "--rounds", "0"])
+    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert mod.main(["--out", str(tmp_path)]) == 2
         assert "needs a CUDA device" in capsys.readouterr().err

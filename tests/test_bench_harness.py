@@ -319,6 +319,50 @@ def test_layer_rows_and_mamba_peer(fake_peers):
     assert "published lrnnx: not installed" in rows["lrnnx (torch)"]["result_note"]
 
 
+def test_rounds_interleave_and_take_the_median(fake_peers, monkeypatch):
+    """rounds = 3: each usable implementation is measured three times, interleaved (A, B, A, B,
+    ...); its row carries the median of the rounds, the per-round times and their spread;
+    unusable rows are measured once."""
+    order = []
+    real = suite_mod.run_impl
+    fake_ms = {"lrnnx (torch)": iter([3.0, 1.0, 2.0]), "mamba_ssm.Mamba": iter([5.0, 7.0, 6.0])}
+
+    def spy(w, impl, inputs, device, opts, deadline, check):
+        order.append(impl.name)
+        row = real(w, impl, inputs, device, opts, deadline, check)
+        if row["status"] == "ok":
+            row["fwd_bwd_ms"] = next(fake_ms[impl.name])
+        return row
+
+    monkeypatch.setattr(suite_mod, "run_impl", spy)
+    opts = suite_mod.SuiteOptions(device="cpu", smoke=True, out=None, rounds=3)
+    logged = []
+    wd = suite_mod.run_workload(tiny(by_name("layer mamba")[0]), torch.device("cpu"), opts,
+                                copy_gbps=10.0, deadline=time.monotonic() + 60,
+                                log=lambda w, row: logged.append(row["impl"]))
+    assert order == ["lrnnx (torch)", "mamba_ssm.Mamba", "published lrnnx"] + \
+        ["lrnnx (torch)", "mamba_ssm.Mamba"] * 2  # "not installed" is not retried
+    rows = {r["impl"]: r for r in wd["rows"]}
+    assert logged == list(rows)  # one merged row each, logged once
+    ours, peer = rows["lrnnx (torch)"], rows["mamba_ssm.Mamba"]
+    assert ours["fwd_bwd_ms"] == 2.0 and ours["fwd_bwd_rounds_ms"] == [3.0, 1.0, 2.0]
+    assert peer["fwd_bwd_ms"] == 6.0 and ours["rounds"] == 3
+    assert "median of 3 of 3 rounds (1-3 ms)" in ours["note"]
+    assert rows["published lrnnx"]["status"] == "not installed"
+    assert "rounds" not in rows["published lrnnx"]
+
+
+def test_merge_rounds_skips_unmeasured_rounds():
+    ok = {"status": "ok", "fwd_ms": 2.0, "fwd_bwd_ms": 4.0, "note": "x",
+          "fwd": {"ms": 2.0, "times_ms": [2.0]}}
+    late = {"status": "skipped", "fwd_ms": None, "fwd_bwd_ms": None, "note": "budget"}
+    m = suite_mod.merge_rounds([ok, dict(ok, fwd_ms=4.0, fwd_bwd_ms=8.0), late])
+    assert m["status"] == "ok" and m["fwd_ms"] == 3.0 and m["fwd_bwd_ms"] == 6.0
+    assert m["fwd_rounds_ms"] == [2.0, 4.0, None] and m["fwd"]["ms"] == 3.0
+    assert m["note"].startswith("x; fwd: median of 2 of 3 rounds (2-4 ms)")
+    assert suite_mod.merge_rounds([late]) is late
+
+
 def test_unregistered_layer_is_na(fake_peers):
     wd = _run(Workload("layer", "float32", (("B", 32), ("L", 1024), ("d_model", 256)),
                        "published lrnnx", None, 0.67, layer="no_such_layer"))

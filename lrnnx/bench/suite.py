@@ -12,12 +12,15 @@ on CUDA); the other lrnnx rows are for information.
 A row that cannot run says why: ``not installed`` (peer absent), ``n/a`` (device, backend or
 layer unavailable), ``error`` / ``oom`` (message kept), ``skipped`` (a call over the per-call limit,
 or the run's time budget used up).  results.json and RESULTS-gpu.md are rewritten after every
-workload, so a run stopped early still leaves its results.
+workload, so a run stopped early still leaves its results.  With ``rounds`` > 1 every usable
+implementation of a workload is measured that many times, interleaved, and its row carries the
+median of the rounds (:func:`merge_rounds`).
 """
 from __future__ import annotations
 
 import datetime
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ class SuiteOptions:
     limit_s: float = 20.0  # one call slower than this is not repeated
     smoke: bool = False
     copy_bytes: int | None = None
+    rounds: int = 1  # each workload's implementations measured this many times, interleaved
 
     @property
     def repeats(self) -> int:
@@ -220,25 +224,64 @@ def evaluate(wd: dict[str, Any], copy_gbps: float | None, auto: str | None) -> N
         target_row["result"] = "pass" if ok else "FAIL"
 
 
+def merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one implementation: each time is the median of the rounds'
+    medians (``{key}_rounds_ms`` keeps them, None where a round was not measured) and the note
+    gives their spread.  The base row (status, check, notes) is the first round that measured.
+
+    Interleaved rounds (A, B, A, B, ...) make a CPU-bound row's ratio robust to the host's load
+    drifting between A and B (benchmarks/NOTES.md, session 5: +-25% between runs)."""
+    if len(rows) == 1:
+        return rows[0]
+    base = dict(next((r for r in rows if r["status"] == "ok"), rows[0]))
+    notes = [base.get("note", "")] if base.get("note") else []
+    for key in ("fwd", "fwd_bwd"):
+        vals = [r.get(f"{key}_ms") if r["status"] == "ok" else None for r in rows]
+        ok = [v for v in vals if v is not None]
+        if not ok:
+            continue
+        med = statistics.median(ok)
+        base[f"{key}_ms"] = med
+        base[f"{key}_rounds_ms"] = vals
+        if isinstance(base.get(key), dict):
+            base[key] = dict(base[key], ms=med, rounds_ms=vals)
+        spread = f"{min(ok):.3g}-{max(ok):.3g} ms"
+        notes.append(f"{key.replace('_', '+')}: median of {len(ok)} of {len(rows)} rounds "
+                     f"({spread})")
+    base["rounds"] = len(rows)
+    base["note"] = "; ".join(notes)
+    return base
+
+
 def run_workload(w: Workload, device: torch.device, opts: SuiteOptions, copy_gbps: float | None,
                  deadline: float, log=None) -> dict[str, Any]:
     wd = w.to_dict()
     wd["rows"] = []
     inputs = None
+    rounds = max(1, int(opts.rounds))
     try:
         impls = impls_for(w, device)
         if time.monotonic() <= deadline:
             inputs = make_inputs(w, device)
         check: dict = {}
-        for impl in impls:
-            if inputs is None and not impl.why:
-                row = _row(impl)
-                row["status"] = "skipped"
-                row["note"] = f"the run's time budget ({opts.budget_s:g} s, --budget) was used up"
-            else:
-                row = run_impl(w, impl, inputs, device, opts, deadline, check)
-            wd["rows"].append(row)
-            if log:
+        per_impl: list[list[dict[str, Any]]] = [[] for _ in impls]
+        for rnd in range(rounds):
+            for i, impl in enumerate(impls):
+                if rnd and (impl.why or per_impl[i][0]["status"] not in ("ok", "skipped")):
+                    continue  # unusable or failing: measured (and reported) once
+                if inputs is None and not impl.why:
+                    row = _row(impl)
+                    row["status"] = "skipped"
+                    row["note"] = (f"the run's time budget ({opts.budget_s:g} s, --budget) was "
+                                   f"used up")
+                else:
+                    row = run_impl(w, impl, inputs, device, opts, deadline, check)
+                per_impl[i].append(row)
+                if log and rounds == 1:
+                    log(w, row)
+        wd["rows"] = [merge_rounds(rows) for rows in per_impl]
+        if log and rounds > 1:
+            for row in wd["rows"]:
                 log(w, row)
         check.clear()
     except torch.cuda.OutOfMemoryError as exc:
@@ -273,7 +316,7 @@ def run_suite(opts: SuiteOptions, log=None) -> dict[str, Any]:
         "schema": SCHEMA, "complete": False, "environment": environment(device),
         "options": {"quick": opts.quick, "only": opts.only, "smoke": opts.smoke,
                     "repeats": opts.repeats, "warmup": opts.warmup, "budget_s": opts.budget_s,
-                    "limit_s": opts.limit_s, "device": str(device)},
+                    "limit_s": opts.limit_s, "rounds": opts.rounds, "device": str(device)},
         "copy_bandwidth": copy, "workloads": [],
     }
     for w in workloads:
