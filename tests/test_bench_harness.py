@@ -417,3 +417,32 @@ def test_evaluate_pass_fail_na():
     wd = _wd(1.0, 0.7)
     suite_mod.evaluate(wd, None, None)  # no auto backend benchmarked: nobody judged
     assert not any(r["target_row"] for r in wd["rows"]) and wd["rows"][0]["pct_bw_fwd"] is None
+
+
+@pytest.mark.parametrize("spec,L,conv", [("s4d(d_state=4)", 1024, True), ("s4d(d_state=4)", 8, False),
+                                         ("s5(d_state=8)", 1024, False),
+                                         ("lru(d_state=8)", 1024, False),
+                                         ("s4d(d_state=4, mode=scan)", 1024, False)])
+def test_mode_note_asks_the_layer(spec, L, conv):
+    """The layer rows' "convolves (FFT)" note follows the layer's own mode resolution: MIMO
+    systems (s5, lru) scan at every length under mode='auto' (AUTO_CONV_MIN_LEN_MIMO = None),
+    so their backend rows do time different scans."""
+    import lrnnx
+
+    layer = lrnnx.build_layer(spec, d_model=8)
+    note = impls_mod._mode_note(layer, L)
+    assert ("convolves (FFT)" in note) == conv, note
+    assert layer.resolved_mode(L) == ("conv" if conv else "scan")
+
+
+@pytest.mark.parametrize("spec,conv", [("s4d(d_state=4)", True), ("lru(d_state=8)", False)])
+def test_resolved_mode_is_the_route_the_forward_takes(spec, conv, monkeypatch):
+    import lrnnx
+    from lrnnx_plugins.ssm.ssm import SSM
+
+    calls = []
+    real = SSM._conv
+    monkeypatch.setattr(SSM, "_conv", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    layer = lrnnx.build_layer(spec, d_model=8)
+    layer(torch.randn(1, 32, 8))
+    assert bool(calls) == conv == (layer.resolved_mode(32) == "conv")

@@ -172,15 +172,21 @@ def _selective_impls(w: Workload, device: torch.device) -> list[Impl]:
 # ---------------------------------------------------------------------------------- layers
 
 def _mode_note(layer, L: int) -> str:
-    """Say so when an LTI layer's ``mode="auto"`` convolves (FFT) at this length: its scan
-    backend then does not run, and the backend rows time the same code."""
+    """Say so when an LTI layer convolves (FFT) at this length: its scan backend then does not
+    run, and the backend rows time the same code.  Asks the layer (``resolved_mode``: SISO and
+    MIMO systems have different ``mode="auto"`` crossovers) where it can."""
     if getattr(layer, "mode", None) != "auto":
         return ""
-    try:
-        from lrnnx_plugins.lti.conv import resolve_mode
-    except ImportError:
-        return ""
-    if resolve_mode("auto", L) == "conv":
+    resolved = getattr(layer, "resolved_mode", None)
+    if callable(resolved):
+        mode = resolved(L)
+    else:
+        try:
+            from lrnnx_plugins.lti.conv import resolve_mode
+        except ImportError:
+            return ""
+        mode = resolve_mode("auto", L)
+    if mode == "conv":
         return f"mode='auto' convolves (FFT) at L={L}: the scan backend is not used"
     return ""
 

@@ -307,6 +307,10 @@ class Centaurus(lrnnx.Layer):
                                  f"init_state(B, dtype={x.dtype}).")
         return h
 
+    def resolved_mode(self, L: int, timesteps: torch.Tensor | None = None) -> str:
+        """``"scan"`` or ``"conv"``: how a forward over ``L`` tokens runs (see ``_mode``)."""
+        return self._mode(L, timesteps)
+
     def _mode(self, L: int, timesteps) -> str:
         """auto: conv where the kernel sums the N modes away (dws: H channels convolved instead
         of H N scanned; full: H^2 kernels instead of H^2 N states), scan where conv would run

@@ -133,6 +133,11 @@ class S4(lrnnx.Layer):
                                 s.dt.to(_REAL_OF.get(dtype, dtype)))
         return s
 
+    def resolved_mode(self, L: int, timesteps: torch.Tensor | None = None) -> str:
+        """``"scan"`` or ``"conv"``: how a forward over ``L`` tokens runs (``mode="auto"``
+        convolves from ``auto_conv_min_len`` tokens on; irregular timesteps always scan)."""
+        return resolve_mode(self.mode, L, timesteps, self.auto_conv_min_len)
+
     def _cdtype(self) -> torch.dtype:
         return torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
 
@@ -225,7 +230,7 @@ class S4(lrnnx.Layer):
             bounds = [int(v) for v in cu_seqlens.tolist()]
             lengths = list(zip(bounds, bounds[1:]))
         Lmax = max(b - a for a, b in lengths)
-        mode = resolve_mode(self.mode, Lmax, timesteps, self.auto_conv_min_len)
+        mode = self.resolved_mode(Lmax, timesteps)
         Cs = [as_complex(self.C)] + ([as_complex(self.C_rev)] if self.bidirectional else [])
         wide = torch.complex128 if mode == "conv" else self._cdtype()
         s = self.system(wide)

@@ -183,6 +183,15 @@ class SSM(lrnnx.Layer):
         return h.reshape(n, -1)
 
     # ------------------------------------------------------------------ compute
+    def resolved_mode(self, L: int, timesteps: torch.Tensor | None = None) -> str:
+        """``"scan"`` or ``"conv"``: how a forward over ``L`` tokens runs (``mode="auto"``
+        convolves SISO systems from ``AUTO_CONV_MIN_LEN`` tokens on and MIMO systems from
+        ``AUTO_CONV_MIN_LEN_MIMO``, never by default; selective systems always scan)."""
+        if self.selective:
+            return "scan"
+        min_len = AUTO_CONV_MIN_LEN if self.structure == "siso" else AUTO_CONV_MIN_LEN_MIMO
+        return resolve_mode(self.mode, L, timesteps, min_len)
+
     def _params(self, param, x: torch.Tensor):
         P = param(x) if self.selective else param()
         return check_params(param, P, self.d_model, self.d_state, x)
@@ -195,8 +204,7 @@ class SSM(lrnnx.Layer):
         skips (None); the scan returns it anyway (it costs nothing extra there)."""
         Bt, L, H = x.shape
         P = self._params(param, x)
-        min_len = AUTO_CONV_MIN_LEN if self.structure == "siso" else AUTO_CONV_MIN_LEN_MIMO
-        if not self.selective and resolve_mode(self.mode, L, timesteps, min_len) == "conv":
+        if self.resolved_mode(L, timesteps) == "conv":
             return self._conv(P, x, h0, cu_seqlens, reverse, need_state)
         method = getattr(self.disc, "method", None)
         if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
