@@ -1,0 +1,107 @@
+"""Launch-count budgets of the layers' training steps (benchmarks/op_count.py) and checks of the
+fused autograd Functions that keep them low."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from lrnnx_kernels.discretize import _ExpPhi1, _ZohComplex64, discretize
+from lrnnx_plugins.lti.conv import fft_conv, fft_conv_skip
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "op_count.py"
+_spec = importlib.util.spec_from_file_location("op_count", _PATH)
+op_count = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(op_count)
+
+#: aten ops (kernel launches) of one train step, measured; before the fusion work in brackets:
+#: s4d 109 (143), s5(d_state=256) 75 (95), rglru 53 (53), lru(d_state=256) 49 (48)
+BUDGETS = {"s4d": 109, "s5(d_state=256)": 75, "rglru": 53, "lru(d_state=256)": 49}
+
+
+@pytest.mark.parametrize("spec", sorted(BUDGETS))
+def test_train_step_op_budget(spec):
+    n = sum(op_count.count_spec(spec, batch=2, length=64, d_model=32).values())
+    assert n <= BUDGETS[spec], f"{spec}: {n} ops per train step > budget {BUDGETS[spec]}"
+
+
+@pytest.mark.parametrize("spec", ["s4d", "s5(d_state=16)"])
+def test_op_count_independent_of_shape(spec):
+    a = op_count.count_spec(spec, batch=2, length=64, d_model=32)
+    b = op_count.count_spec(spec, batch=3, length=100, d_model=16)
+    assert sum(a.values()) == sum(b.values())
+
+
+def test_view_ops_not_counted():
+    x = torch.randn(3, 4)
+    with op_count.OpCounter() as c:
+        x.t().unsqueeze(0).transpose(1, 2)
+        x + 1
+    assert dict(c.counts) == {"add": 1}
+
+
+# ------------------------------------------------------------------ fused complex64 zoh
+
+def _zoh_ref(A, dt):
+    """The generic (Horner-series) zoh in complex128 / float64: the reference."""
+    x = dt * A
+    E, p = _ExpPhi1.apply(x)
+    return E, dt * p
+
+
+@pytest.mark.parametrize("dt_shape", ["col", "full"])
+def test_zoh_complex64_matches_float64_reference(dt_shape):
+    g = torch.Generator().manual_seed(0)
+    H, N = 6, 5
+    A = torch.complex(-torch.rand(H, N, generator=g) * 2, torch.randn(H, N, generator=g) * 20)
+    A[0, 0] = 0                      # the A -> 0 limit
+    A[1, 1] = complex(-1e-9, 1e-9)   # inside the small-|x| radius
+    dt = torch.rand(H, 1 if dt_shape == "col" else N, generator=g) * 0.1 + 1e-3
+    A64 = A.to(torch.complex128).requires_grad_()
+    dt64 = dt.double().requires_grad_()
+    A32 = A.clone().requires_grad_()
+    dt32 = dt.clone().requires_grad_()
+    E, S = _ZohComplex64.apply(A32, dt32)
+    E_r, S_r = _zoh_ref(A64, dt64)
+    torch.testing.assert_close(E, E_r.to(E.dtype), rtol=2e-7, atol=1e-7)
+    torch.testing.assert_close(S, S_r.to(S.dtype), rtol=2e-7, atol=1e-9)
+    gE = torch.randn(H, N, dtype=torch.complex128, generator=g)
+    gS = torch.randn(H, N, dtype=torch.complex128, generator=g)
+    ga, gd = torch.autograd.grad((E, S), (A32, dt32), (gE.to(E.dtype), gS.to(S.dtype)))
+    ga_r, gd_r = torch.autograd.grad((E_r, S_r), (A64, dt64), (gE, gS))
+    torch.testing.assert_close(ga.to(ga_r.dtype), ga_r, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gd.to(gd_r.dtype), gd_r, rtol=1e-5, atol=1e-6)
+
+
+def test_zoh_complex64_used_by_discretize_and_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    A = torch.complex(-torch.rand(3, 4, generator=g), torch.randn(3, 4, generator=g)) \
+        .requires_grad_()
+    dt = (torch.rand(3, 1, generator=g) * 0.5 + 0.1).requires_grad_()
+    A_bar, scale = discretize("zoh", A, dt)
+    node = A_bar.grad_fn   # discretize() returns expanded views of the fused outputs
+    assert "ZohComplex64" in type(node.next_functions[0][0]).__name__
+    # complex64 finite differences: loose tolerances (the float64 check is above)
+    assert gradcheck(lambda a, d: _ZohComplex64.apply(a, d), (A, dt), eps=1e-2, atol=2e-2,
+                     rtol=2e-2, fast_mode=True)
+
+
+# ------------------------------------------------------------------ fused FFT conv + skip
+
+@pytest.mark.parametrize("with_skip", [True, False])
+def test_fft_conv_skip_gradcheck_float64(with_skip):
+    g = torch.Generator().manual_seed(2)
+    B, L, H = 2, 7, 3
+    x = torch.randn(B, L, H, dtype=torch.float64, generator=g).requires_grad_()
+    K = torch.randn(H, L, dtype=torch.float64, generator=g).requires_grad_()
+    D = torch.randn(H, dtype=torch.float64, generator=g).requires_grad_() if with_skip else None
+    args = (x, K, D) if with_skip else (x, K)
+    fn = (lambda a, k, d: fft_conv_skip(a, k, d)) if with_skip else \
+        (lambda a, k: fft_conv_skip(a, k, None))
+    assert gradcheck(fn, args)
+    y = fft_conv_skip(x, K, D)
+    ref = fft_conv(x, K) + (D * x if with_skip else 0)
+    torch.testing.assert_close(y, ref)
+    assert y.is_contiguous()
