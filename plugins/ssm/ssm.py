@@ -30,12 +30,10 @@ from .recurrence import decay_term, input_term, readout, transition
 
 
 def _add_skip(y: torch.Tensor, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """``y + skip * x`` in one op (``skip`` None: y)."""
-    if skip is None:
-        return y
-    if y.is_contiguous():
-        return torch.addcmul(y, skip, x)
-    return skip * x + y   # D x first: the output takes x's (contiguous) layout
+    """``skip * x + y`` (``skip`` None: y).  Not ``torch.addcmul``: its autograd backward
+    multiplies by ``value`` separately (one op more than mul + add, forward + backward).
+    D x first: the output takes x's (contiguous) layout."""
+    return y if skip is None else skip * x + y
 
 
 class SSM(lrnnx.Layer):
