@@ -17,8 +17,8 @@ op_count = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(op_count)
 
 #: aten ops (kernel launches) of one train step, measured; before the fusion work in brackets:
-#: s4d 109 (143), s5(d_state=256) 74 (95), rglru 53 (53), lru(d_state=256) 48 (48)
-BUDGETS = {"s4d": 109, "s5(d_state=256)": 74, "rglru": 53, "lru(d_state=256)": 48}
+#: s4d 110 (143), s5(d_state=256) 74 (95), rglru 53 (53), lru(d_state=256) 48 (48)
+BUDGETS = {"s4d": 110, "s5(d_state=256)": 74, "rglru": 53, "lru(d_state=256)": 48}
 
 
 @pytest.mark.parametrize("spec", sorted(BUDGETS))

@@ -138,7 +138,7 @@ def fft_conv(x: Tensor, K: Tensor) -> Tensor:
 
 class _FFTConvSkip(torch.autograd.Function):
     """``y = fft_conv(x, K) + D * x`` (x (B, L, H), K (H, L), D (H,) real) with a hand-written
-    backward: 7 ops forward, ~11 backward (autograd records ~20 for the pads, FFTs, complex
+    backward: 7 ops forward, ~12 backward (autograd records ~20 for the pads, FFTs, complex
     products and their conjugates).  Backward, with ``G = rfft(pad(gy))``:
     ``gx = irfft(G conj(Kf))[:L] + D gy`` (correlation with K), ``gK = irfft(sum_b G conj(Xf))``
     ``[:L]``, ``gD = sum_{b,t} gy x``.  The output is contiguous (B, L, H)."""
@@ -172,7 +172,8 @@ class _FFTConvSkip(torch.autograd.Function):
             # sum over the batch with the conjugate: one batched matmul per (h, f)
             gK = torch.fft.irfft(torch.einsum("bhf,bhf->hf", G, Xf.conj()), n=n, dim=-1)[..., :L]
         if D is not None and ctx.needs_input_grad[2]:
-            gD = torch.einsum("blh,blh->h", gy, x)
+            # not einsum: its (H, 1, B L) x (H, B L, 1) batched matmul measured 40x slower
+            gD = (gy * x).sum((0, 1))
         return gx, gK, gD
 
 
