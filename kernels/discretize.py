@@ -180,8 +180,9 @@ class _ZohComplex64(torch.autograd.Function):
     complex128 where the plain quotients are accurate to far below complex64 rounding (see
     :data:`_ZOH64_RADIUS`), and rounded once.  Backward (holomorphic in A, real dt):
     ``d A_bar / dA = dt A_bar``, ``d A_bar / d dt = A A_bar``, ``d B_scale / dA = dt^2 phi1'``,
-    ``d B_scale / d dt = A_bar``.  First derivatives only (``double backward`` raises); the
-    generic path serves ``create_graph`` callers.
+    ``d B_scale / d dt = A_bar``.  Under ``create_graph`` (grad mode on in the backward) the
+    intermediates are recomputed from the saved inputs with differentiable ops (see
+    :meth:`backward`), so higher derivatives work; the ordinary backward uses the saved ones.
     """
 
     @staticmethod
@@ -198,21 +199,32 @@ class _ZohComplex64(torch.autograd.Function):
         return A_bar, scale
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gE, gS):
         A, dt, z, E, P, small, A_bar = ctx.saved_tensors
         if gE is None and gS is None:
             return None, None
+        if torch.is_grad_enabled():
+            # create_graph: rebuild A_bar and phi1' from the inputs with ops autograd records.
+            # Not the forward's plain quotients: differentiating (E - P) / z amplifies their
+            # complex128 cancellation error (~1e-16 / |z|) by another 1 / |z| per order, and
+            # the small-|z| constants would have a zero derivative.  _ExpPhi1 / its phi1' (a
+            # 12-term series below |z| = 0.1, quotients above) are accurate to complex128
+            # rounding and differentiable to any order.
+            z = (dt * A).to(torch.complex128)
+            E = torch.exp(z)
+            A_bar = E.to(torch.complex64)
+            D = _dphi1_differentiable(z).to(torch.complex64)
+        elif gS is not None:
+            D = torch.where(small, 0.5, (E - P) / z).to(torch.complex64)
         # u = dL/d(x) conj-convention: gE conj(A_bar) + gS dt conj(phi1')
         u = None
         if gS is not None:
-            D = torch.where(small, 0.5, (E - P) / z).to(torch.complex64)
             u = (gS * dt) * D.conj()
         if gE is not None:
             u = gE * A_bar.conj() if u is None else torch.addcmul(u, gE, A_bar.conj())
         gA = gdt = None
         if ctx.needs_input_grad[0]:
-            gA = (u * dt).sum_to_size(A.shape) if u is not None else None
+            gA = (u * dt).sum_to_size(A.shape)
         if ctx.needs_input_grad[1]:
             # d/d dt: gE conj(A A_bar) + gS conj(A_bar) = conj(A_bar) (gE conj(A) + gS)
             v = gS if gE is None else (gE * A.conj() if gS is None else

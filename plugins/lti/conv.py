@@ -141,7 +141,9 @@ class _FFTConvSkip(torch.autograd.Function):
     backward: 7 ops forward, ~12 backward (autograd records ~20 for the pads, FFTs, complex
     products and their conjugates).  Backward, with ``G = rfft(pad(gy))``:
     ``gx = irfft(G conj(Kf))[:L] + D gy`` (correlation with K), ``gK = irfft(sum_b G conj(Xf))``
-    ``[:L]``, ``gD = sum_{b,t} gy x``.  The output is contiguous (B, L, H)."""
+    ``[:L]``, ``gD = sum_{b,t} gy x``.  The output is contiguous (B, L, H).  Under
+    ``create_graph`` the backward recomputes ``Xf``, ``Kf`` from the saved inputs and runs the
+    same formulas with differentiable ops, so higher derivatives work."""
 
     @staticmethod
     def forward(ctx, x, K, D):
@@ -150,7 +152,7 @@ class _FFTConvSkip(torch.autograd.Function):
         Xf = torch.fft.rfft(torch.nn.functional.pad(x.transpose(1, 2), (0, n - L)), dim=-1)
         Kf = torch.fft.rfft(K, n=n, dim=-1)
         y = torch.fft.irfft(Xf * Kf, n=n, dim=-1)[..., :L].transpose(1, 2)
-        ctx.save_for_backward(x, D, Xf, Kf)
+        ctx.save_for_backward(x, K, D, Xf, Kf)
         ctx.n = n
         if D is None:
             return y.contiguous()
@@ -158,16 +160,24 @@ class _FFTConvSkip(torch.autograd.Function):
         return torch.addcmul(y, D, x, out=torch.empty_like(x))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, D, Xf, Kf = ctx.saved_tensors
+        x, K, D, Xf, Kf = ctx.saved_tensors
         n, L = ctx.n, x.shape[1]
+        # create_graph: autograd must record the backward as a function of the inputs (x, K,
+        # D are saved inputs, so they carry their history) and of gy; the saved spectra do not
+        # (no out= either: it is not differentiable).  Ordinary backward: the saved spectra.
+        graph = torch.is_grad_enabled()
+        if graph and ctx.needs_input_grad[1]:
+            Xf = torch.fft.rfft(torch.nn.functional.pad(x.transpose(1, 2), (0, n - L)), dim=-1)
+        if graph and ctx.needs_input_grad[0]:
+            Kf = torch.fft.rfft(K, n=n, dim=-1)
         G = torch.fft.rfft(torch.nn.functional.pad(gy.transpose(1, 2), (0, n - L)), dim=-1)
         gx = gK = gD = None
         if ctx.needs_input_grad[0]:
             gx = torch.fft.irfft(G * Kf.conj(), n=n, dim=-1)[..., :L].transpose(1, 2)
             if D is not None:
-                gx = torch.addcmul(gx, gy, D, out=torch.empty_like(x))
+                gx = (torch.addcmul(gx, gy, D) if graph else
+                      torch.addcmul(gx, gy, D, out=torch.empty_like(x)))
         if ctx.needs_input_grad[1]:
             # sum over the batch with the conjugate: one batched matmul per (h, f)
             gK = torch.fft.irfft(torch.einsum("bhf,bhf->hf", G, Xf.conj()), n=n, dim=-1)[..., :L]
