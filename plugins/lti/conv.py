@@ -179,8 +179,10 @@ class _FFTConvSkip(torch.autograd.Function):
                 gx = (torch.addcmul(gx, gy, D) if graph else
                       torch.addcmul(gx, gy, D, out=torch.empty_like(x)))
         if ctx.needs_input_grad[1]:
-            # sum over the batch with the conjugate: one batched matmul per (h, f)
-            gK = torch.fft.irfft(torch.einsum("bhf,bhf->hf", G, Xf.conj()), n=n, dim=-1)[..., :L]
+            # sum over the batch with the conjugate.  Not einsum: "bhf,bhf->hf" runs as H*F
+            # batched (1 x B) @ (B x 1) matmuls (the suspect of this branch's H200 slowdown in
+            # session 4); mul + sum is one elementwise kernel and one reduction
+            gK = torch.fft.irfft((G * Xf.conj()).sum(0), n=n, dim=-1)[..., :L]
         if D is not None and ctx.needs_input_grad[2]:
             # not einsum: its (H, 1, B L) x (H, B L, 1) batched matmul measured 40x slower
             gD = (gy * x).sum((0, 1))
