@@ -23,8 +23,9 @@ op_count = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(op_count)
 
 #: aten ops (kernel launches) of one train step, measured; before the fusion work in brackets:
-#: s4d 110 (143), s5(d_state=256) 74 (95), rglru 53 (53), lru(d_state=256) 48 (48)
-BUDGETS = {"s4d": 110, "s5(d_state=256)": 74, "rglru": 53, "lru(d_state=256)": 48}
+#: s4d 112 (143; 110 with the gK einsum, whose mul + sum replacement is 2 ops instead of 1 but
+#: no (H*F) batch of tiny matmuls), s5(d_state=256) 74 (95), rglru 53 (53), lru(d_state=256) 48 (48)
+BUDGETS = {"s4d": 112, "s5(d_state=256)": 74, "rglru": 53, "lru(d_state=256)": 48}
 
 
 @pytest.mark.parametrize("spec", sorted(BUDGETS))
