@@ -50,7 +50,9 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -262,12 +264,40 @@ def _re_matmul(W: Tensor, V: Tensor) -> Tensor:
     return (W @ V).real
 
 
+#: "auto" | "off" | "force": when :func:`vandermonde` runs the Triton kernels
+#: (``lrnnx_kernels.triton.vandermonde``: complex64 on CUDA, eager; "force" also runs CPU tensors
+#: under ``TRITON_INTERPRET=1``, as the tests do).
+TRITON_MODE = os.environ.get("LRNNX_VANDERMONDE_TRITON", "auto")
+_HAS_TRITON: bool | None = None
+
+
+def _use_triton(A_bar: Tensor, W: Tensor) -> bool:
+    """Cheap (no triton import): may the Triton Vandermonde kernels run these inputs?"""
+    global _HAS_TRITON
+    if TRITON_MODE == "off" or torch.compiler.is_compiling() \
+            or A_bar.dtype != torch.complex64 or W.dtype != torch.complex64:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the interpreter runs CPU tensors only
+        ok = TRITON_MODE == "force" and W.device.type == "cpu"
+    else:
+        ok = W.is_cuda
+    if ok and _HAS_TRITON is None:
+        _HAS_TRITON = importlib.util.find_spec("triton") is not None
+    return ok and bool(_HAS_TRITON)
+
+
 def vandermonde(A_bar: Tensor, W: Tensor, L: int) -> Tensor:
     """``K[g, q, l] = Re(sum_n W[g, q, n] A_bar[g, n]^l)`` for l < L.
 
     A_bar (G, N), W (G, Q, N), real or complex; returns (G, Q, L) real.  Memory
-    O(G (Q + N) N sqrt(L)) (no (G, N, L) power tensor), flops O(G Q N L).
+    O(G (Q + N) N sqrt(L)) (no (G, N, L) power tensor), flops O(G Q N L).  complex64 inputs on
+    CUDA (eager) run the fused Triton kernels (one launch each way; this code is their slow twin
+    and the float64 reference of their tests).
     """
+    if _use_triton(A_bar, W):
+        from lrnnx_kernels.triton.vandermonde import vandermonde as triton_vandermonde
+
+        return triton_vandermonde(A_bar, W, L)
     G, Q, N = W.shape
     T, C = _split(L)
     small, big = _power_table(A_bar, T, C)                    # (G, N, T), (G, N, C)
