@@ -138,6 +138,19 @@ def fft_conv(x: Tensor, K: Tensor) -> Tensor:
     return torch.fft.irfft(Xf * Kf, n=n, dim=-1)[..., :L].transpose(1, 2)
 
 
+def _addcmul_like(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``y + a * b`` laid out like ``b`` (contiguous (B, L, H); y is a transposed view).
+
+    Eager: one kernel writing into ``empty_like(b)`` (``out=``; plain ``addcmul`` would take
+    y's transposed layout).  Under torch.compile: plain ``addcmul`` (inductor picks the
+    layout).  Not ``out=`` there: traced inside this autograd.Function, the ``out=`` result
+    lost its gradient on CUDA (torch 2.11, H200: every gradient of an s4d layer compiled with
+    backend "eager" or "aot_eager" came out wrong, rel. error 1.0; correct on CPU)."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(y, a, b)
+    return torch.addcmul(y, a, b, out=torch.empty_like(b))
+
+
 class _FFTConvSkip(torch.autograd.Function):
     """``y = fft_conv(x, K) + D * x`` (x (B, L, H), K (H, L), D (H,) real) with a hand-written
     backward: 7 ops forward, ~12 backward (autograd records ~20 for the pads, FFTs, complex
@@ -158,8 +171,7 @@ class _FFTConvSkip(torch.autograd.Function):
         ctx.n = n
         if D is None:
             return y.contiguous()
-        # out=: a contiguous (B, L, H) result in one kernel (y is a transposed view)
-        return torch.addcmul(y, D, x, out=torch.empty_like(x))
+        return _addcmul_like(y, D, x)
 
     @staticmethod
     def backward(ctx, gy):
@@ -178,8 +190,7 @@ class _FFTConvSkip(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.fft.irfft(G * Kf.conj(), n=n, dim=-1)[..., :L].transpose(1, 2)
             if D is not None:
-                gx = (torch.addcmul(gx, gy, D) if graph else
-                      torch.addcmul(gx, gy, D, out=torch.empty_like(x)))
+                gx = torch.addcmul(gx, gy, D) if graph else _addcmul_like(gx, D, gy)
         if ctx.needs_input_grad[1]:
             # sum over the batch with the conjugate.  Not einsum: "bhf,bhf->hf" runs as H*F
             # batched (1 x B) @ (B x 1) matmuls (the suspect of this branch's H200 slowdown in
