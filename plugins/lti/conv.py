@@ -50,7 +50,9 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +138,76 @@ def fft_conv(x: Tensor, K: Tensor) -> Tensor:
     return torch.fft.irfft(Xf * Kf, n=n, dim=-1)[..., :L].transpose(1, 2)
 
 
+def _addcmul_like(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``y + a * b`` laid out like ``b`` (contiguous (B, L, H); y is a transposed view).
+
+    Eager: one kernel writing into ``empty_like(b)`` (``out=``; plain ``addcmul`` would take
+    y's transposed layout).  Under torch.compile: plain ``addcmul`` (inductor picks the
+    layout).  Not ``out=`` there: traced inside this autograd.Function, the ``out=`` result
+    lost its gradient on CUDA (torch 2.11, H200: every gradient of an s4d layer compiled with
+    backend "eager" or "aot_eager" came out wrong, rel. error 1.0; correct on CPU)."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(y, a, b)
+    return torch.addcmul(y, a, b, out=torch.empty_like(b))
+
+
+class _FFTConvSkip(torch.autograd.Function):
+    """``y = fft_conv(x, K) + D * x`` (x (B, L, H), K (H, L), D (H,) real) with a hand-written
+    backward: 7 ops forward, ~12 backward (autograd records ~20 for the pads, FFTs, complex
+    products and their conjugates).  Backward, with ``G = rfft(pad(gy))``:
+    ``gx = irfft(G conj(Kf))[:L] + D gy`` (correlation with K), ``gK = irfft(sum_b G conj(Xf))``
+    ``[:L]``, ``gD = sum_{b,t} gy x``.  The output is contiguous (B, L, H).  Under
+    ``create_graph`` the backward recomputes ``Xf``, ``Kf`` from the saved inputs and runs the
+    same formulas with differentiable ops, so higher derivatives work."""
+
+    @staticmethod
+    def forward(ctx, x, K, D):
+        L = x.shape[1]
+        n = fft_size(2 * L - 1)
+        Xf = torch.fft.rfft(torch.nn.functional.pad(x.transpose(1, 2), (0, n - L)), dim=-1)
+        Kf = torch.fft.rfft(K, n=n, dim=-1)
+        y = torch.fft.irfft(Xf * Kf, n=n, dim=-1)[..., :L].transpose(1, 2)
+        ctx.save_for_backward(x, K, D, Xf, Kf)
+        ctx.n = n
+        if D is None:
+            return y.contiguous()
+        return _addcmul_like(y, D, x)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, K, D, Xf, Kf = ctx.saved_tensors
+        n, L = ctx.n, x.shape[1]
+        # create_graph: autograd must record the backward as a function of the inputs (x, K,
+        # D are saved inputs, so they carry their history) and of gy; the saved spectra do not
+        # (no out= either: it is not differentiable).  Ordinary backward: the saved spectra.
+        graph = torch.is_grad_enabled()
+        if graph and ctx.needs_input_grad[1]:
+            Xf = torch.fft.rfft(torch.nn.functional.pad(x.transpose(1, 2), (0, n - L)), dim=-1)
+        if graph and ctx.needs_input_grad[0]:
+            Kf = torch.fft.rfft(K, n=n, dim=-1)
+        G = torch.fft.rfft(torch.nn.functional.pad(gy.transpose(1, 2), (0, n - L)), dim=-1)
+        gx = gK = gD = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.fft.irfft(G * Kf.conj(), n=n, dim=-1)[..., :L].transpose(1, 2)
+            if D is not None:
+                gx = torch.addcmul(gx, gy, D) if graph else _addcmul_like(gx, D, gy)
+        if ctx.needs_input_grad[1]:
+            # sum over the batch with the conjugate.  Not einsum: "bhf,bhf->hf" runs as H*F
+            # batched (1 x B) @ (B x 1) matmuls (the suspect of this branch's H200 slowdown in
+            # session 4); mul + sum is one elementwise kernel and one reduction
+            gK = torch.fft.irfft((G * Xf.conj()).sum(0), n=n, dim=-1)[..., :L]
+        if D is not None and ctx.needs_input_grad[2]:
+            # not einsum: its (H, 1, B L) x (H, B L, 1) batched matmul measured 40x slower
+            gD = (gy * x).sum((0, 1))
+        return gx, gK, gD
+
+
+def fft_conv_skip(x: Tensor, K: Tensor, D: Tensor | None) -> Tensor:
+    """``fft_conv(x, K) + D * x`` (``D`` (H,) or None), contiguous (B, L, H); one autograd
+    node (see :class:`_FFTConvSkip`).  K must have exactly L taps."""
+    return _FFTConvSkip.apply(x, K, D)
+
+
 def fft_conv_diag(u: Tensor, A_bar: Tensor, V: Tensor | None = None) -> Tensor:
     """``h_t = sum_{s <= t} A_bar^(t-s) u_s`` (a diagonal LTI recurrence from h = 0) by FFT.
 
@@ -203,12 +275,40 @@ def _re_matmul(W: Tensor, V: Tensor) -> Tensor:
     return (W @ V).real
 
 
+#: "auto" | "off" | "force": when :func:`vandermonde` runs the Triton kernels
+#: (``lrnnx_kernels.triton.vandermonde``: complex64 on CUDA, eager; "force" also runs CPU tensors
+#: under ``TRITON_INTERPRET=1``, as the tests do).
+TRITON_MODE = os.environ.get("LRNNX_VANDERMONDE_TRITON", "auto")
+_HAS_TRITON: bool | None = None
+
+
+def _use_triton(A_bar: Tensor, W: Tensor) -> bool:
+    """Cheap (no triton import): may the Triton Vandermonde kernels run these inputs?"""
+    global _HAS_TRITON
+    if TRITON_MODE == "off" or torch.compiler.is_compiling() \
+            or A_bar.dtype != torch.complex64 or W.dtype != torch.complex64:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the interpreter runs CPU tensors only
+        ok = TRITON_MODE == "force" and W.device.type == "cpu"
+    else:
+        ok = W.is_cuda
+    if ok and _HAS_TRITON is None:
+        _HAS_TRITON = importlib.util.find_spec("triton") is not None
+    return ok and bool(_HAS_TRITON)
+
+
 def vandermonde(A_bar: Tensor, W: Tensor, L: int) -> Tensor:
     """``K[g, q, l] = Re(sum_n W[g, q, n] A_bar[g, n]^l)`` for l < L.
 
     A_bar (G, N), W (G, Q, N), real or complex; returns (G, Q, L) real.  Memory
-    O(G (Q + N) N sqrt(L)) (no (G, N, L) power tensor), flops O(G Q N L).
+    O(G (Q + N) N sqrt(L)) (no (G, N, L) power tensor), flops O(G Q N L).  complex64 inputs on
+    CUDA (eager) run the fused Triton kernels (one launch each way; this code is their slow twin
+    and the float64 reference of their tests).
     """
+    if _use_triton(A_bar, W):
+        from lrnnx_kernels.triton.vandermonde import vandermonde as triton_vandermonde
+
+        return triton_vandermonde(A_bar, W, L)
     G, Q, N = W.shape
     T, C = _split(L)
     small, big = _power_table(A_bar, T, C)                    # (G, N, T), (G, N, C)
@@ -274,9 +374,14 @@ class LTISystem:
 
 
 def _siso(sys: LTISystem, x: Tensor, h0: Tensor | None, K: Tensor,
-          need_state: bool = True) -> tuple[Tensor, Tensor | None]:
+          need_state: bool = True, skip: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     L = x.shape[1]
-    y = fft_conv(x, K)
+    if x.is_complex() or K.is_complex():
+        y = fft_conv(x, K)   # raises the InputError
+    elif skip is not None or torch.is_grad_enabled():
+        y = fft_conv_skip(x, K[..., :L], skip)
+    else:
+        y = fft_conv(x, K)
     h_last = None
     if need_state:
         u = x.permute(2, 0, 1)                                   # (H, B, L)
@@ -292,7 +397,7 @@ def _siso(sys: LTISystem, x: Tensor, h0: Tensor | None, K: Tensor,
 
 
 def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor,
-          need_state: bool = True) -> tuple[Tensor, Tensor]:
+          need_state: bool = True, skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
     L = x.shape[1]
     Bm = sys.B_bar.transpose(0, 1)                               # (H, P)
     u = torch.complex(x @ Bm.real, x @ Bm.imag) if Bm.is_complex() else x @ Bm
@@ -306,20 +411,22 @@ def _mimo(sys: LTISystem, x: Tensor, h0: Tensor | None, V: Tensor,
             y = y - h.imag @ C.imag.transpose(0, 1)
     else:
         y = h @ (C.real if C.is_complex() else C).transpose(0, 1)
-    return sys.scale * y, h[:, -1]
+    y = sys.scale * y
+    return (y if skip is None else torch.addcmul(y, skip, x)), h[:, -1]
 
 
-def _run(sys, x, h0, pre, reverse, need_state=True):
+def _run(sys, x, h0, pre, reverse, need_state=True, skip=None):
     if reverse:
         x = x.flip(1)
     fn = _siso if sys.structure == "siso" else _mimo
-    y, h_last = fn(sys, x, h0, pre, need_state)
+    y, h_last = fn(sys, x, h0, pre, need_state, skip)
     return (y.flip(1) if reverse else y), h_last
 
 
 def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bool = False,
              cu_seqlens: Tensor | None = None, kernel: Tensor | None = None,
-             need_state: bool = True) -> tuple[Tensor, Tensor | None]:
+             need_state: bool = True, skip: Tensor | None = None
+             ) -> tuple[Tensor, Tensor | None]:
     """Run ``sys`` over x by FFT convolution: the outputs and final state of the recurrence.
 
     Args:
@@ -337,10 +444,12 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
         need_state: False skips the final state (siso: a Vandermonde contraction of the whole
             input, O(B H N L)) when the caller discards it; h_last is then None (packed
             sequences always compute it).
+        skip: optional (H,) feed-through ``D``: y then includes ``D * x`` (fused into the
+            convolution's output pass and its backward; a contiguous y).
 
     Returns:
-        ``(y, h_last)``: y (B, L, H) without the skip ``D`` (not necessarily contiguous: the
-        siso route returns a transposed view); h_last shaped like h0 (per packed sequence with
+        ``(y, h_last)``: y (B, L, H), with ``D * x`` only when ``skip`` is given (not
+        necessarily contiguous without it: the siso route may return a transposed view); h_last shaped like h0 (per packed sequence with
         ``cu_seqlens``; an empty sequence keeps its h0 or zeros), None when not need_state.
     """
     if sys.structure not in ("siso", "mimo"):
@@ -349,13 +458,14 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             return lti_conv(sys, x, h0, reverse=reverse, cu_seqlens=cu_seqlens, kernel=kernel,
-                            need_state=need_state)
+                            need_state=need_state, skip=skip)
     if x.dtype in (torch.float16, torch.bfloat16):
         # FFTs need float32 at least (half-precision FFTs exist only for powers of two on GPU)
         x = x.float()
         sys = LTISystem(*(t.to(torch.complex64 if t.is_complex() else
                                torch.promote_types(t.dtype, torch.float32))
                           for t in (sys.A_bar, sys.B_bar, sys.C)), sys.structure, sys.scale)
+        skip = None if skip is None else skip.float()
     if cu_seqlens is None:
         lengths, Lmax = None, x.shape[1]
     else:
@@ -365,7 +475,7 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
     if kernel is None and Lmax > 0:
         kernel = sys.kernel(Lmax) if sys.structure == "siso" else powers(sys.A_bar, Lmax)
     if lengths is None:
-        return _run(sys, x, h0, kernel, reverse, need_state)
+        return _run(sys, x, h0, kernel, reverse, need_state, skip)
     ys, finals = [], []
     shape = tuple(sys.A_bar.shape)
     sdt = torch.promote_types(torch.promote_types(sys.A_bar.dtype, sys.B_bar.dtype), x.dtype)
@@ -380,5 +490,7 @@ def lti_conv(sys: LTISystem, x: Tensor, h0: Tensor | None = None, *, reverse: bo
         ys.append(y_i)
         finals.append(h_i.to(sdt))
     y = torch.cat(ys, 1) if ys else x.new_zeros(x.shape)
+    if skip is not None:
+        y = torch.addcmul(y, skip, x)
     h_last = torch.cat(finals, 0) if finals else x.new_zeros((0, *shape), dtype=sdt)
     return y, h_last

@@ -42,7 +42,7 @@ from lrnnx.errors import InputError
 from lrnnx.registry.spec import Component
 
 from lrnnx_plugins.ssm.recurrence import decay_term, input_term, readout, transition
-from lrnnx_plugins.ssm.ssm import SSM
+from lrnnx_plugins.ssm.ssm import SSM, _add_skip
 
 from .precision import full_precision
 
@@ -102,9 +102,10 @@ class S5(SSM):
         return scale
 
     def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool,
-                   need_state: bool = True):
+                   need_state: bool = True, skip=None):
         if self.mode == "conv" and timesteps is None:  # the generic layer's conv mode
-            return super()._direction(param, x, h0, timesteps, cu_seqlens, reverse, need_state)
+            return super()._direction(param, x, h0, timesteps, cu_seqlens, reverse, need_state,
+                                      skip)
         # scan, and auto = scan: S5's convolution runs in state space (P complex channels,
         # O(log L) more work per token than the scan); measured fwd+bwd, B=8, H=128,
         # d_state=128, L=1024: scan 82 vs conv 225 ms on the project CPU (1 thread, min of 7),
@@ -118,7 +119,7 @@ class S5(SSM):
         b = input_term(P, scale, x, "mimo", False)
         h, h_last = lrnnx.ops.diag_scan(a, b, h0, reverse=reverse, cu_seqlens=cu_seqlens,
                                         backend=self.scan)
-        return readout(P, h, H, "mimo", False), h_last
+        return _add_skip(readout(P, h, H, "mimo", False), skip, x), h_last
 
     @full_precision
     def step(self, x_t, state, timesteps=None):

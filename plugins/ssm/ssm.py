@@ -29,6 +29,13 @@ from .components import build_discretizer, build_parameterization, check_params,
 from .recurrence import decay_term, input_term, readout, transition
 
 
+def _add_skip(y: torch.Tensor, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``skip * x + y`` (``skip`` None: y).  Not ``torch.addcmul``: its autograd backward
+    multiplies by ``value`` separately (one op more than mul + add, forward + backward).
+    D x first: the output takes x's (contiguous) layout."""
+    return y if skip is None else skip * x + y
+
+
 class SSM(lrnnx.Layer):
     r"""Generic diagonal SSM layer: any registered parameterization x discretizer x scan backend.
 
@@ -197,15 +204,17 @@ class SSM(lrnnx.Layer):
         return check_params(param, P, self.d_model, self.d_state, x)
 
     def _direction(self, param, x, h0, timesteps, cu_seqlens, reverse: bool,
-                   need_state: bool = True):
-        """Outputs (B, L, H) without the skip, and the final flat state, of one direction.
+                   need_state: bool = True, skip=None):
+        """Outputs (B, L, H), and the final flat state, of one direction; the outputs include
+        ``skip * x`` when ``skip`` (the (H,) feed-through D) is given (fused into the last
+        pass: conv mode's output, or the readout's ``addcmul``).
 
         ``need_state=False``: the caller discards the final state, which conv mode then
         skips (None); the scan returns it anyway (it costs nothing extra there)."""
         Bt, L, H = x.shape
         P = self._params(param, x)
         if self.resolved_mode(L, timesteps) == "conv":
-            return self._conv(P, x, h0, cu_seqlens, reverse, need_state)
+            return self._conv(P, x, h0, cu_seqlens, reverse, need_state, skip)
         method = getattr(self.disc, "method", None)
         if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
                 and not reverse and P.gamma is None:
@@ -217,16 +226,17 @@ class SSM(lrnnx.Layer):
             except BackendUnavailableError:
                 pass  # the backend has no fused selective scan: use its diag_scan below
             else:
-                return (2.0 * y if P.conj_sym else y), h_last.reshape(Bt, -1)
+                y = 2.0 * y if P.conj_sym else y
+                return _add_skip(y, skip, x), h_last.reshape(Bt, -1)
         A_bar, scale = transition(P, self.disc, self.structure, self.discrete, self.selective,
                                   timesteps)
         a = decay_term(A_bar, Bt, L, per_token=self.selective or timesteps is not None)
         b = input_term(P, scale, x, self.structure, self.selective)
         h, h_last = lrnnx.ops.diag_scan(a, b, h0, reverse=reverse, cu_seqlens=cu_seqlens,
                                         backend=self.scan)
-        return readout(P, h, H, self.structure, self.selective), h_last
+        return _add_skip(readout(P, h, H, self.structure, self.selective), skip, x), h_last
 
-    def _conv(self, P, x, h0, cu_seqlens, reverse: bool, need_state: bool = True):
+    def _conv(self, P, x, h0, cu_seqlens, reverse: bool, need_state: bool = True, skip=None):
         """Conv mode of one direction (time-invariant parameters): same returns as the scan."""
         A_bar, scale = transition(P, self.disc, self.structure, self.discrete, False, None)
         B = P.B
@@ -236,20 +246,21 @@ class SSM(lrnnx.Layer):
         n = h0.shape[0] if h0 is not None else 0
         h0 = None if h0 is None else h0.reshape(n, *self._state_shape())
         y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens,
-                             need_state=need_state)
+                             need_state=need_state, skip=skip)
         return y, (None if h_last is None else h_last.reshape(h_last.shape[0], -1))
 
     @full_precision
     def forward(self, x, state=None, return_state=False, timesteps=None, cu_seqlens=None):
         h0 = self._state_in(state, x, cu_seqlens)
+        # the skip D x is fused into the forward direction's last pass (one op, and a
+        # contiguous output: conv mode's y would otherwise be a transposed view)
         y, h_last = self._direction(self.param, x, h0, timesteps, cu_seqlens, reverse=False,
-                                    need_state=return_state)
+                                    need_state=return_state, skip=self.D)
         if self.param_rev is not None:
             y_rev, _ = self._direction(self.param_rev, x, None, timesteps, cu_seqlens,
                                        reverse=True, need_state=False)
             y = y + y_rev
-        # D x first: the output takes its (contiguous) layout, y may be a transposed view
-        y = (self.D * x + y).to(x.dtype)
+        y = y.to(x.dtype)
         if not return_state:
             return y
         return y, {"h": h_last.reshape(h_last.shape[0], *self._state_shape())}
