@@ -89,13 +89,36 @@ def input_term(P: SSMParams, scale: Tensor | None, x: Tensor, structure: str,
         # a per-mode scale (P,) folds into the (H, P) matrix: no pass over the (Bt, L, P) output
         BT, scale = BT * scale, None
     if BT.is_complex() and not x.is_complex():
-        # real x: ONE real matmul with the interleaved [Re, Im] columns, whose (Bt, L, 2P)
-        # output is the complex result's memory (view_as_complex, no copy)
-        W = torch.view_as_real(BT).reshape(H, -1)              # (H, 2P)
-        Bx = torch.view_as_complex((x @ W).unflatten(-1, (-1, 2)))
+        Bx = mimo_input(x, mimo_input_weight(BT))
     else:
         Bx = x @ BT
     return Bx if scale is None else scale * Bx                 # (Bt, L, P)
+
+
+def mimo_input_weight(BT: Tensor) -> Tensor:
+    """The (H, 2P) real matrix of interleaved [Re, Im] columns of a complex (H, P) input
+    matrix (scale folded in), for :func:`mimo_input`."""
+    return torch.view_as_real(BT).reshape(BT.shape[0], -1)
+
+
+def mimo_input(x: Tensor, W: Tensor) -> Tensor:
+    """``x B^T`` for real x (Bt, L, H) and complex B: ONE real matmul with the interleaved
+    weight (:func:`mimo_input_weight`), whose (Bt, L, 2P) output is the complex result's memory
+    (view_as_complex, no copy)."""
+    return torch.view_as_complex((x @ W).unflatten(-1, (-1, 2)))
+
+
+def mimo_output_weight(P: SSMParams) -> Tensor:
+    """The (H, 2P) real matrix ``[Re C, -Im C]`` (interleaved, output scale folded in) of a
+    complex MIMO readout, for :func:`mimo_output`."""
+    C = 2.0 * P.C if P.conj_sym else P.C
+    return torch.stack((C.real, -C.imag), dim=-1).reshape(C.shape[0], -1)
+
+
+def mimo_output(h: Tensor, W: Tensor) -> Tensor:
+    """``Re(C h)`` = [Re h, Im h] . [Re C, -Im C]: ONE real matmul over the interleaved
+    (Bt, L, 2P) view of complex h, instead of two matmuls and a subtraction."""
+    return torch.view_as_real(h).flatten(-2) @ W.transpose(0, 1)
 
 
 def decay_term(A_bar: Tensor, Bt: int, L: int, per_token: bool) -> Tensor:
@@ -127,16 +150,10 @@ def readout(P: SSMParams, h: Tensor, H: int, structure: str, selective: bool) ->
         y = _re_dot(hs, P.C[..., None, :] if selective else P.C)  # C (Bt, L, 1, N) or (H, N)
     else:
         # the output scale s folds into the (H, P) matrix (no pass over the (Bt, L, H) output)
+        if h.is_complex() and P.C.is_complex():
+            return mimo_output(h, mimo_output_weight(P))
         C = 2.0 * P.C if P.conj_sym else P.C
         if h.is_complex():
-            if C.is_complex():
-                # Re(C h) = [Re h, Im h] . [Re C, -Im C]: ONE real matmul over the interleaved
-                # (Bt, L, 2P) view of h (view_as_real) instead of two matmuls and a subtraction
-                W = torch.stack((C.real, -C.imag), dim=-1).reshape(C.shape[0], -1)  # (H, 2P)
-                y = torch.view_as_real(h).flatten(-2) @ W.transpose(0, 1)
-            else:
-                y = h.real @ C.transpose(0, 1)
-        else:
-            y = h @ (C.real if C.is_complex() else C).transpose(0, 1)
-        return y
+            return h.real @ C.transpose(0, 1)
+        return h @ (C.real if C.is_complex() else C).transpose(0, 1)
     return 2.0 * y if P.conj_sym else y

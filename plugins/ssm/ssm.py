@@ -19,14 +19,15 @@ from typing import Literal
 
 from lrnnx import Ref
 from lrnnx.errors import BackendUnavailableError, ConfigError, InputError, InputTypeError
-
+from lrnnx.param_graphs import ParamGraphs, eligible as graphs_eligible
 from lrnnx_plugins.lti.conv import AUTO_CONV_MIN_LEN, AUTO_CONV_MIN_LEN_MIMO, LTISystem, \
-    check_mode, lti_conv, resolve_mode
+    check_mode, fft_conv_skip, lti_conv, resolve_mode
 from lrnnx_plugins.lti.precision import full_precision, state_dtype
 
 from .components import build_discretizer, build_parameterization, check_params, check_scan, \
     traits
-from .recurrence import decay_term, input_term, readout, transition
+from .recurrence import decay_term, input_term, mimo_input, mimo_input_weight, mimo_output, \
+    mimo_output_weight, readout, transition
 
 
 def _add_skip(y: torch.Tensor, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +118,9 @@ class SSM(lrnnx.Layer):
                  mode: Literal["scan", "conv", "auto"] = "auto"):
         super().__init__()
         where = f"layer {self.name!r}"
+        # CUDA graphs of the parameter-only computations (conv mode's kernel; see
+        # lrnnx.param_graphs); not state: no parameters, not copied, not saved
+        self._param_graphs = ParamGraphs(self.name)
         for opt, v in (("d_model", d_model), ("d_state", d_state)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{where}: {opt} must be a positive int, got {v!r}.")
@@ -212,9 +216,17 @@ class SSM(lrnnx.Layer):
         ``need_state=False``: the caller discards the final state, which conv mode then
         skips (None); the scan returns it anyway (it costs nothing extra there)."""
         Bt, L, H = x.shape
-        P = self._params(param, x)
         if self.resolved_mode(L, timesteps) == "conv":
-            return self._conv(P, x, h0, cu_seqlens, reverse, need_state, skip)
+            out = self._conv_graphed(param, x, h0, cu_seqlens, reverse, need_state, skip)
+            if out is not None:
+                return out
+            return self._conv(self._params(param, x), x, h0, cu_seqlens, reverse, need_state,
+                              skip)
+        if not self.selective and timesteps is None and self.structure == "mimo":
+            out = self._mimo_scan_graphed(param, x, h0, cu_seqlens, reverse, skip)
+            if out is not None:
+                return out
+        P = self._params(param, x)
         method = getattr(self.disc, "method", None)
         if self.selective and method in lrnnx.ops.METHODS and cu_seqlens is None \
                 and not reverse and P.gamma is None:
@@ -236,13 +248,93 @@ class SSM(lrnnx.Layer):
                                         backend=self.scan)
         return _add_skip(readout(P, h, H, self.structure, self.selective), skip, x), h_last
 
-    def _conv(self, P, x, h0, cu_seqlens, reverse: bool, need_state: bool = True, skip=None):
-        """Conv mode of one direction (time-invariant parameters): same returns as the scan."""
+    def _system(self, P) -> LTISystem:
+        """The discrete LTI system of time-invariant parameters ``P``."""
         A_bar, scale = transition(P, self.disc, self.structure, self.discrete, False, None)
         B = P.B
         if scale is not None:
             B = scale * B if self.structure == "siso" else scale[..., None] * B
-        system = LTISystem(A_bar, B, P.C, self.structure, 2.0 if P.conj_sym else 1.0)
+        return LTISystem(A_bar, B, P.C, self.structure, 2.0 if P.conj_sym else 1.0)
+
+    def _param_tensors(self, param) -> list[torch.Tensor]:
+        """Every tensor the parameter-only computations read: the parameterization's and the
+        discretizer's parameters and buffers."""
+        mods = [param] + [m for m in (self.disc,) if isinstance(m, nn.Module)]
+        return [t for m in mods for t in (*m.parameters(), *m.buffers())]
+
+    def _conv_graphed(self, param, x, h0, cu_seqlens, reverse: bool, need_state: bool, skip):
+        """Conv mode with the kernel K from CUDA graphs (:mod:`lrnnx.param_graphs`), or None
+        when they do not apply (the caller then runs :meth:`_conv`).  Only the plain case: a
+        real float32 SISO input on CUDA, no initial or final state, whole sequences."""
+        if self.structure != "siso" or h0 is not None or cu_seqlens is not None or need_state:
+            return None
+        got = self._graphs_for(param, x)
+        if got is None:
+            return None
+        graphs, tensors = got
+        L = x.shape[1]
+        (K,) = graphs.run(("conv", id(param), L),
+                          lambda: self._system(self._params(param, None)).kernel(L), tensors)
+        if K.dtype != torch.float32:  # a float64 / complex system: the generic path
+            return None
+        xs = x.flip(1) if reverse else x
+        y = fft_conv_skip(xs, K, skip)
+        return (y.flip(1) if reverse else y), None
+
+    def _graphs_for(self, param, x) -> tuple[ParamGraphs, list[torch.Tensor]] | None:
+        """The layer's graph cache and the tensors to graph, or None when graphs do not apply
+        (the plain case only: a real float32 input on CUDA, no autocast; see
+        :func:`lrnnx.param_graphs.eligible` for the rest)."""
+        if x.dtype != torch.float32 or not x.is_cuda or torch.is_autocast_enabled("cuda"):
+            return None
+        tensors = self._param_tensors(param)
+        if not graphs_eligible(tensors):
+            return None
+        graphs = self.__dict__.get("_param_graphs")
+        if graphs is None:  # a layer unpickled from before this attribute existed
+            graphs = self._param_graphs = ParamGraphs(self.name)
+        return graphs, tensors
+
+    def _mimo_mats(self, param):
+        """``(A_bar (P,), W_in (H, 2P), W_out (H, 2P))`` of a time-invariant complex MIMO
+        system: the parameter-only part of its scan (the weights of
+        :func:`~lrnnx_plugins.ssm.recurrence.mimo_input` / ``mimo_output``)."""
+        P = self._params(param, None)
+        A_bar, scale = transition(P, self.disc, "mimo", self.discrete, False, None)
+        BT = P.B.transpose(0, 1)
+        if scale is not None:
+            BT = BT * scale
+        return A_bar, mimo_input_weight(BT), mimo_output_weight(P)
+
+    def _mimo_scan_graphed(self, param, x, h0, cu_seqlens, reverse: bool, skip):
+        """The scan of a time-invariant MIMO system with complex B and C (lru, s5) with its
+        matrices from CUDA graphs (:mod:`lrnnx.param_graphs`); None when they do not apply
+        (the caller runs the generic scan, whose ops this path repeats exactly)."""
+        got = self._graphs_for(param, x)
+        if got is None:
+            return None
+        graphs, tensors = got
+        kinds = self.__dict__.setdefault("_graph_kinds", {})
+        kind_key = (id(param), tuple((t.dtype, t.device) for t in tensors))
+        if kind_key not in kinds:  # once per layer and dtypes: does the system qualify?
+            with torch.no_grad():
+                P = self._params(param, None)
+                _, scale = transition(P, self.disc, "mimo", self.discrete, False, None)
+            kinds[kind_key] = (P.B.is_complex() and P.C.is_complex()
+                               and (scale is None or scale.dim() <= 1))
+        if not kinds[kind_key]:
+            return None
+        Bt, L, H = x.shape
+        A_bar, W_in, W_out = graphs.run(("mimo", id(param)), lambda: self._mimo_mats(param),
+                                        tensors)
+        a = decay_term(A_bar, Bt, L, per_token=False)
+        h, h_last = lrnnx.ops.diag_scan(a, mimo_input(x, W_in), h0, reverse=reverse,
+                                        cu_seqlens=cu_seqlens, backend=self.scan)
+        return _add_skip(mimo_output(h, W_out), skip, x), h_last
+
+    def _conv(self, P, x, h0, cu_seqlens, reverse: bool, need_state: bool = True, skip=None):
+        """Conv mode of one direction (time-invariant parameters): same returns as the scan."""
+        system = self._system(P)
         n = h0.shape[0] if h0 is not None else 0
         h0 = None if h0 is None else h0.reshape(n, *self._state_shape())
         y, h_last = lti_conv(system, x, h0, reverse=reverse, cu_seqlens=cu_seqlens,
