@@ -38,11 +38,20 @@ Safety:
   workload that changes them every step does not pay a capture per step;
 - a failed capture (an op that cannot be captured) disables graphing for that layer, logged
   once with the reason, and the step runs eagerly;
-- the cache is not copied by ``copy.deepcopy`` and not pickled (``torch.save(model)``).
+- the cache is not copied by ``copy.deepcopy`` and not pickled (``torch.save(model)``);
+- captures run with Python's garbage collector paused and in ``thread_local`` capture mode:
+  a graph destroyed mid-capture (a collected layer's) or a CUDA call from another thread (a
+  DataLoader's pin-memory thread) would otherwise invalidate the capture, and a failed capture
+  leaves torch's CUDA generator marked as capturing (``torch.manual_seed`` then raises "Offset
+  increment outside graph capture");
+- graphs of dropped entries (evicted, disabled, or of a collected layer) are destroyed later, at
+  the next call that is not inside a capture: destroying a graph while any stream captures
+  invalidates that capture (possibly the caller's own).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections import OrderedDict
@@ -59,6 +68,20 @@ MAX_CAPTURES = 8
 MAX_ENTRIES = 4
 #: eager runs (on a side stream) before a capture: cuFFT plans, Triton compilation, allocator
 WARMUP = 2
+
+
+#: dropped entries whose graphs are destroyed at the next call outside a capture
+_GRAVEYARD: list = []
+
+
+def _bury(entries) -> None:
+    _GRAVEYARD.extend(entries)
+
+
+def _flush_graveyard() -> None:
+    if _GRAVEYARD and not (torch.cuda.is_available()
+                           and torch.cuda.is_current_stream_capturing()):
+        _GRAVEYARD.clear()
 
 
 def enabled() -> bool:
@@ -112,14 +135,21 @@ class _Entry:
                 del outs, diff
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        with torch.cuda.graph(self.fwd, pool=self.pool):
-            outs = self._call()
-        self.outs = outs
-        self.diff = [i for i, o in enumerate(outs) if o.requires_grad]
-        with torch.cuda.graph(self.bwd, pool=self.pool):
-            self.gouts = [torch.empty_like(outs[i]) for i in self.diff]
-            self.grads = torch.autograd.grad([outs[i] for i in self.diff], self.grad_inputs,
-                                             self.gouts, allow_unused=True)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # no graph destroyed by a collection mid-capture
+        try:
+            with torch.cuda.graph(self.fwd, pool=self.pool, capture_error_mode="thread_local"):
+                outs = self._call()
+            self.outs = outs
+            self.diff = [i for i, o in enumerate(outs) if o.requires_grad]
+            with torch.cuda.graph(self.bwd, pool=self.pool, capture_error_mode="thread_local"):
+                self.gouts = [torch.empty_like(outs[i]) for i in self.diff]
+                self.grads = torch.autograd.grad([outs[i] for i in self.diff],
+                                                 self.grad_inputs, self.gouts,
+                                                 allow_unused=True)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         torch.cuda.synchronize()
         self.fresh = False  # the capture ran the backward: the intermediates are spent
 
@@ -157,15 +187,17 @@ class _Replay(torch.autograd.Function):
                 [None] * len(entry.grad_inputs)
         else:
             del tensors
+            if not entry.fresh:
+                # an earlier backward replay reused the intermediates' memory: recompute them
+                # (the saved-tensor check above guarantees the same parameter values).  Before
+                # filling the gradient buffers: they may share memory with the forward's
+                # temporaries (one pool), which this replay overwrites
+                entry.fwd.replay()
             for buf, i in zip(entry.gouts, entry.diff):
                 if gouts[i] is None:
                     buf.zero_()
                 else:
                     buf.copy_(gouts[i])
-            if not entry.fresh:
-                # an earlier backward replay reused the intermediates' memory: recompute them
-                # (the saved-tensor check above guarantees the same parameter values)
-                entry.fwd.replay()
             entry.bwd.replay()
             entry.fresh = False
             grads = [None if g is None else g.clone() for g in entry.grads]
@@ -190,6 +222,10 @@ class ParamGraphs:
         self.captures = 0
         self.disabled: str | None = None
 
+    def __del__(self):
+        if self.entries:  # destroyed later, outside any capture (see _flush_graveyard)
+            _bury(self.entries.values())
+
     # not copied (copy.deepcopy of a layer, EMA models) and not pickled (torch.save(model))
     def __deepcopy__(self, memo):
         return ParamGraphs(self.owner)
@@ -200,6 +236,7 @@ class ParamGraphs:
     def run(self, key, fn: Callable[[], Sequence[Tensor]],
             tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
         tensors = list(tensors)
+        _flush_graveyard()
         if self.disabled is not None or not eligible(tensors):
             outs = fn()
             return (outs,) if isinstance(outs, Tensor) else tuple(outs)
@@ -214,7 +251,7 @@ class ParamGraphs:
                 return (outs,) if isinstance(outs, Tensor) else tuple(outs)
             self.entries[full_key] = entry
             while len(self.entries) > MAX_ENTRIES:
-                self.entries.popitem(last=False)
+                _bury([self.entries.popitem(last=False)[1]])
         else:
             self.entries.move_to_end(full_key)
         return _Replay.apply(entry, *tensors)
@@ -232,6 +269,7 @@ class ParamGraphs:
 
     def _disable(self, why: str) -> None:
         self.disabled = why
+        _bury(self.entries.values())
         self.entries.clear()
         logger.info("lrnnx: layer %s runs its parameter computations eagerly from now on: %s",
                     self.owner, why)

@@ -118,3 +118,18 @@ def test_conv_route_declines_state_and_packed_sequences(monkeypatch):
     assert not calls
     layer(x)
     assert calls
+
+
+def test_dropped_graphs_are_destroyed_at_the_next_call():
+    """A collected layer's captured graphs are destroyed later, outside any capture."""
+    layer = lrnnx.build_layer("s4d", 8)
+    sentinel = object()
+    layer._param_graphs.entries["k"] = sentinel
+    del layer
+    import gc
+
+    gc.collect()
+    assert any(e is sentinel for e in param_graphs._GRAVEYARD)
+    p = torch.nn.Parameter(torch.randn(2))
+    ParamGraphs("other").run("k", lambda: p + 1, [p])
+    assert not param_graphs._GRAVEYARD
