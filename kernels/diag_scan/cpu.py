@@ -32,6 +32,7 @@ import platform
 import shutil
 import threading
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -147,6 +148,57 @@ class _CpuScan(torch.autograd.Function):
         return ga, gb, (gh0 if h0 is not None else None), None, None
 
 
+# torch.compile: the C++ module's functions (pybind) cannot be traced, so under compile the scan
+# runs as torch.library custom ops with fake implementations (eager keeps the autograd.Function
+# above: no custom-op dispatch cost per call).  The module is built before tracing by the
+# backend's prepare().
+@torch.library.custom_op("lrnnx::cpu_diag_scan", mutates_args=())
+def _cpu_scan_op(a: Tensor, b: Tensor, h0: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                 reverse: bool) -> tuple[Tensor, Tensor]:
+    h, h_last = _module().fwd(a, b, h0, cu_seqlens, reverse)
+    return h, h_last
+
+
+@_cpu_scan_op.register_fake
+def _(a, b, h0, cu_seqlens, reverse):
+    B, L, D = b.shape
+    dt = torch.promote_types(a.dtype, b.dtype)
+    nseq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return b.new_empty((B, L, D), dtype=dt), b.new_empty((nseq, D), dtype=dt)
+
+
+@torch.library.custom_op("lrnnx::cpu_diag_scan_bwd", mutates_args=())
+def _cpu_scan_bwd_op(a: Tensor, h: Tensor, h0: Optional[Tensor], gh: Tensor,
+                     gh_last: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                     reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    ga, gb, gh0 = _module().bwd(a, h, h0, gh.contiguous(), _opt(gh_last), cu_seqlens, reverse)
+    if a.shape[0] != h.shape[0]:
+        ga = ga.sum(0, keepdim=True)
+    return ga, gb, (gh0 if h0 is not None else h.new_empty((0,)))
+
+
+@_cpu_scan_bwd_op.register_fake
+def _(a, h, h0, gh, gh_last, cu_seqlens, reverse):
+    return (torch.empty_like(a), torch.empty_like(h),
+            torch.empty_like(h0) if h0 is not None else h.new_empty((0,)))
+
+
+def _cpu_setup(ctx, inputs, output):
+    a, b, h0, cu, reverse = inputs
+    ctx.save_for_backward(a, output[0], h0, cu)
+    ctx.reverse = reverse
+
+
+def _cpu_backward(ctx, gh, gh_last):
+    a, h, h0, cu = ctx.saved_tensors
+    gh = torch.zeros_like(h) if gh is None else gh
+    ga, gb, gh0 = _cpu_scan_bwd_op(a, h, h0, gh, gh_last, cu, ctx.reverse)
+    return ga, gb, (gh0 if h0 is not None else None), None, None
+
+
+_cpu_scan_op.register_autograd(_cpu_backward, setup_context=_cpu_setup)
+
+
 def diag_scan_cpu(
     a: Tensor,
     b: Tensor,
@@ -166,7 +218,8 @@ def diag_scan_cpu(
         raise ValueError(f"diag_scan_cpu needs CPU tensors, got {args.b.device}")
     if args.b.shape[1] == 0:
         return empty_result(args)
-    h, h_last = _CpuScan.apply(
+    fn = _cpu_scan_op if torch.compiler.is_compiling() else _CpuScan.apply
+    h, h_last = fn(
         args.a.contiguous(), args.b.contiguous(), _opt(args.h0), _opt(args.cu_seqlens), reverse
     )
     return h.to(args.out_dtype), h_last.to(args.out_dtype)

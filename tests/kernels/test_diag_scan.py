@@ -218,3 +218,40 @@ def test_empty_sequence(impl):
     h0 = torch.randn(2, 3)
     h, last = impl(a, a, h0)
     assert h.shape == (2, 0, 3) and torch.equal(last, h0)
+
+
+def test_cpu_custom_op_opcheck():
+    """Schema, fake kernel and autograd registration of the CPU scan's custom ops, which
+    torch.compile traces (the C++ module's pybind functions cannot be traced)."""
+    require_cpu_ext()
+    torch.manual_seed(0)
+    for bcast, with_h0, cu in ((False, True, None), (True, False, torch.tensor([0, 2, 7]))):
+        B = 1 if cu is not None else 2
+        a = (torch.rand(1 if bcast else B, 7, 3) * 0.9).requires_grad_()
+        b = torch.randn(B, 7, 3, requires_grad=True)
+        nseq = B if cu is None else 2
+        h0 = torch.randn(nseq, 3, requires_grad=True) if with_h0 else None
+        torch.library.opcheck(torch.ops.lrnnx.cpu_diag_scan.default, (a, b, h0, cu, True),
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))
+
+
+def test_cpu_scan_compiles_fullgraph():
+    """torch.compile(fullgraph=True) through the CPU backend: the same outputs and gradients
+    as eager (aot_eager: capture + autograd, no code generation, keeps the test fast)."""
+    require_cpu_ext()
+    torch.manual_seed(0)
+    a = (torch.rand(1, 9, 4) * 0.9).requires_grad_()
+    b = torch.randn(2, 9, 4, requires_grad=True)
+    h0 = torch.randn(2, 4, requires_grad=True)
+
+    def f(a, b, h0):
+        h, last = diag_scan_cpu(a, b, h0, reverse=False)
+        return (h * torch.arange(4.0)).sum() + last.square().sum()
+
+    ref = torch.autograd.grad(f(a, b, h0), (a, b, h0))
+    torch._dynamo.reset()
+    got = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(a, b, h0),
+                              (a, b, h0))
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
