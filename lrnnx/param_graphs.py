@@ -38,6 +38,9 @@ Safety:
   workload that changes them every step does not pay a capture per step;
 - a failed capture (an op that cannot be captured) disables graphing for that layer, logged
   once with the reason, and the step runs eagerly;
+- nothing is captured inside a backward pass (the recomputation of activation checkpointing):
+  a recomputation replays an existing pair (non-reentrant checkpointing needs the same saved
+  tensors as the original forward) or runs eagerly;
 - the cache is not copied by ``copy.deepcopy`` and not pickled (``torch.save(model)``);
 - captures run with Python's garbage collector paused and in ``thread_local`` capture mode:
   a graph destroyed mid-capture (a collected layer's) or a CUDA call from another thread (a
@@ -82,6 +85,11 @@ def _flush_graveyard() -> None:
     if _GRAVEYARD and not (torch.cuda.is_available()
                            and torch.cuda.is_current_stream_capturing()):
         _GRAVEYARD.clear()
+
+
+def _in_backward() -> bool:
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def enabled() -> bool:
@@ -175,7 +183,7 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *gouts: Tensor | None):
         entry: _Entry = ctx.entry
-        tensors = ctx.saved_tensors
+        ctx.saved_tensors  # unpacking raises if a parameter was changed in place since forward
         if torch.is_grad_enabled():
             # create_graph: differentiate the eager computation (the graphs have no history)
             with torch.enable_grad():
@@ -186,7 +194,6 @@ class _Replay(torch.autograd.Function):
                                         allow_unused=True) if pairs else \
                 [None] * len(entry.grad_inputs)
         else:
-            del tensors
             if not entry.fresh:
                 # an earlier backward replay reused the intermediates' memory: recompute them
                 # (the saved-tensor check above guarantees the same parameter values).  Before
@@ -244,6 +251,11 @@ class ParamGraphs:
                     tuple((t.data_ptr(), tuple(t.shape), t.dtype, t.requires_grad)
                           for t in tensors))
         entry = self.entries.get(full_key)
+        if entry is None and _in_backward():
+            # a recomputation inside a backward pass (activation checkpointing) with nothing
+            # captured yet: no capture while the autograd engine runs, eager ops instead
+            outs = fn()
+            return (outs,) if isinstance(outs, Tensor) else tuple(outs)
         if entry is None:
             entry = self._capture(fn, tensors)
             if entry is None:

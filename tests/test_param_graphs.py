@@ -133,3 +133,23 @@ def test_dropped_graphs_are_destroyed_at_the_next_call():
     p = torch.nn.Parameter(torch.randn(2))
     ParamGraphs("other").run("k", lambda: p + 1, [p])
     assert not param_graphs._GRAVEYARD
+
+
+def test_in_backward_detection():
+    """Captures are refused while the autograd engine runs (checkpoint recomputation)."""
+    seen = []
+
+    class F(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(param_graphs._in_backward())
+            return g * 2
+
+    x = torch.ones(2, requires_grad=True)
+    assert not param_graphs._in_backward()
+    F.apply(x).sum().backward()
+    assert seen == [True]

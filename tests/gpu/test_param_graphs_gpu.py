@@ -179,3 +179,28 @@ def test_not_used_without_grad_or_under_compile_or_capture():
     g.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out.detach(), layer(x).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_equals_eager(reentrant, monkeypatch):
+    """torch.utils.checkpoint around a graphed layer: the recomputation inside the backward
+    replays the existing graphs (non-reentrant: same saved tensors as the forward) or runs
+    eagerly (reentrant: the forward ran without grad, nothing was captured); no capture happens
+    inside the backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 512, 64, device="cuda")
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LRNNX_PARAM_GRAPHS", flag)
+        layer = _layer("s4d")
+        for _ in range(2):
+            layer.zero_grad()
+            xi = x.clone().requires_grad_()
+            y = checkpoint(layer, xi, use_reentrant=reentrant)
+            (y * torch.linspace(-1, 1, 64, device="cuda")).square().mean().backward()
+        res[flag] = [xi.grad] + [p.grad.clone() for p in layer.parameters()]
+    assert layer._param_graphs.disabled is None
+    assert bool(layer._param_graphs.entries) == (not reentrant)
+    for a, b in zip(res["1"], res["0"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
