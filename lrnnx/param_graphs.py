@@ -230,8 +230,11 @@ class ParamGraphs:
         self.disabled: str | None = None
 
     def __del__(self):
-        if self.entries:  # destroyed later, outside any capture (see _flush_graveyard)
-            _bury(self.entries.values())
+        try:
+            if self.entries:  # destroyed later, outside any capture (see _flush_graveyard)
+                _bury(self.entries.values())
+        except Exception:  # noqa: BLE001 - interpreter shutdown: module globals already gone
+            pass
 
     # not copied (copy.deepcopy of a layer, EMA models) and not pickled (torch.save(model))
     def __deepcopy__(self, memo):
