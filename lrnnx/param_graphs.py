@@ -41,6 +41,11 @@ Safety:
 - nothing is captured inside a backward pass (the recomputation of activation checkpointing):
   a recomputation replays an existing pair (non-reentrant checkpointing needs the same saved
   tensors as the original forward) or runs eagerly;
+- the warm-up and capture run under identity saved-tensor hooks, so an enclosing hook
+  (non-reentrant checkpointing, ``torch.autograd.graph.save_on_cpu``) sees only the replay's
+  saved tensors, never the capture's (checkpointing counted those, and its recomputation,
+  which replays, then saved fewer tensors than the forward: "A different number of tensors
+  was saved"), and never runs inside a capture;
 - the cache is not copied by ``copy.deepcopy`` and not pickled (``torch.save(model)``);
 - captures run with Python's garbage collector paused and in ``thread_local`` capture mode:
   a graph destroyed mid-capture (a collected layer's) or a CUDA call from another thread (a
@@ -87,6 +92,10 @@ def _flush_graveyard() -> None:
         _GRAVEYARD.clear()
 
 
+def _same(t):
+    return t
+
+
 def _in_backward() -> bool:
     task = getattr(torch._C, "_current_graph_task_id", None)
     return task is not None and task() != -1
@@ -130,6 +139,15 @@ class _Entry:
         self.pool = torch.cuda.graph_pool_handle()
         self.fwd = torch.cuda.CUDAGraph()
         self.bwd = torch.cuda.CUDAGraph()
+        # The warm-up and capture run under identity saved-tensor hooks: an enclosing
+        # hook (non-reentrant activation checkpointing, torch.autograd.graph.save_on_cpu) must
+        # see only what the replay saves, the same in the forward and in checkpointing's
+        # recomputation (which replays this pair), and must not act inside the capture.
+        with torch.autograd.graph.saved_tensors_hooks(_same, _same):
+            self._warm_up_and_capture()
+        self.fresh = False  # the capture ran the backward: the intermediates are spent
+
+    def _warm_up_and_capture(self) -> None:
         # eager warm-up on a side stream, as torch.cuda.make_graphed_callables does
         torch.cuda.synchronize()
         side = torch.cuda.Stream()
@@ -159,7 +177,6 @@ class _Entry:
             if gc_was_enabled:
                 gc.enable()
         torch.cuda.synchronize()
-        self.fresh = False  # the capture ran the backward: the intermediates are spent
 
     def _call(self) -> tuple[Tensor, ...]:
         outs = self.fn()

@@ -181,6 +181,27 @@ def test_not_used_without_grad_or_under_compile_or_capture():
     torch.testing.assert_close(out.detach(), layer(x).detach(), rtol=0, atol=0)
 
 
+def test_save_on_cpu_equals_eager(monkeypatch):
+    """Activations offloaded to host memory (torch.autograd.graph.save_on_cpu, a saved-tensor
+    hook) around a graphed layer: same results as eager, and the hook never runs inside the
+    capture (a copy to pinned host memory there would invalidate it)."""
+    x = torch.randn(2, 512, 64, device="cuda")
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LRNNX_PARAM_GRAPHS", flag)
+        layer = _layer("s5")
+        for _ in range(2):
+            layer.zero_grad()
+            xi = x.clone().requires_grad_()
+            with torch.autograd.graph.save_on_cpu(pin_memory=True):
+                y = layer(xi)
+            (y * torch.linspace(-1, 1, 64, device="cuda")).square().mean().backward()
+        res[flag] = [xi.grad] + [p.grad.clone() for p in layer.parameters()]
+    assert layer._param_graphs.disabled is None and layer._param_graphs.entries
+    for a, b in zip(res["1"], res["0"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_equals_eager(reentrant, monkeypatch):
     """torch.utils.checkpoint around a graphed layer: the recomputation inside the backward
