@@ -281,6 +281,9 @@ def test_no_backend_can_run(monkeypatch):
 
     only = [Entry("scan_backend", "nope", Nope, "t", "t", "0", False)]
     monkeypatch.setattr(REGISTRY, "entries", lambda kind=None: only)
+    # the dispatcher caches its ranking per registry generation (bumped by register /
+    # unregister / reload); replacing `entries` behind the registry's back must bump it too
+    monkeypatch.setattr(REGISTRY, "generation", REGISTRY.generation + 1000)
     with pytest.raises(BackendUnavailableError) as info:
         ops.diag_scan(*ab())
     assert "no scan backend can run this problem" in str(info.value)

@@ -115,8 +115,19 @@ def _instance(entry: Entry) -> tuple[Any, str]:
         return got
 
 
+_RANKED: list = []  # [(registry, its generation, entries)]: the last ranking
+
+
 def _ranked() -> list[Entry]:
-    return sorted(REGISTRY.entries(KIND), key=lambda e: (-getattr(e.obj, "priority", 0), e.name))
+    """The scan backends, highest priority first (cached per registry generation: this runs on
+    every op call)."""
+    REGISTRY.ensure_loaded()
+    gen = REGISTRY.generation
+    if _RANKED and _RANKED[0][0] is REGISTRY and _RANKED[0][1] == gen:
+        return _RANKED[0][2]
+    ranked = sorted(REGISTRY.entries(KIND), key=lambda e: (-getattr(e.obj, "priority", 0), e.name))
+    _RANKED[:] = [(REGISTRY, gen, ranked)]
+    return ranked
 
 
 def _judge(entry: Entry, op: str, problem: dict[str, Any]) -> tuple[bool, str]:
@@ -161,9 +172,15 @@ def _log_once(name: str, reason: str, op: str, level: int = logging.INFO) -> Non
 
 def _key(op: str, problem: dict[str, Any], entries: list[Entry]) -> tuple:
     """Decision-cache key: the op, the problem and the registered backends (a plugin registered
-    or removed at run time changes it)."""
-    return (op, tuple(sorted(problem.items(), key=lambda kv: kv[0])),
-            tuple((e.name, id(e.obj)) for e in entries))
+    or removed at run time changes it: ``entries`` is :func:`_ranked`'s list, which belongs to
+    one registry generation)."""
+    gen = _RANKED[0][1] if _RANKED and _RANKED[0][2] is entries else \
+        tuple((e.name, id(e.obj)) for e in entries)
+    return (op, tuple(sorted(problem.items(), key=_first)), id(REGISTRY), gen)
+
+
+def _first(kv):
+    return kv[0]
 
 
 def _decide(op: str, problem: dict[str, Any]) -> tuple[str | None, dict[str, str]]:

@@ -89,6 +89,9 @@ class Registry:
         self._conflicts: dict[tuple[str, str], list[Entry]] = {}
         self.plugins: dict[str, PluginRecord] = {}
         self._pm = None
+        #: bumped by every change of the entries (load, register, unregister, reload), so callers
+        #: can cache what they derive from them (the scan dispatcher's ranked backends)
+        self.generation = 0
 
     # ------------------------------------------------------------------ loading
     def ensure_loaded(self) -> None:
@@ -107,6 +110,7 @@ class Registry:
     def reload(self) -> None:
         """Forget everything and discover plugins again (after ``pip install`` in-process)."""
         with self._lock:
+            self.generation += 1
             self._entries = {k: {} for k in KINDS}
             self._conflicts.clear()
             self.plugins.clear()
@@ -216,6 +220,7 @@ class Registry:
 
     def _add(self, entry: Entry) -> str | None:
         """Add an entry; on a clash between packages record it and return a message."""
+        self.generation += 1
         table = self._entries[entry.kind]
         key = (entry.kind, entry.name)
         if key in self._conflicts:
@@ -299,6 +304,7 @@ class Registry:
 
     def unregister(self, kind: str, name: str) -> None:
         self._check_kind(kind)
+        self.generation += 1
         entry = self._entries[kind].pop(name, None)
         self._conflicts.pop((kind, name), None)
         if entry is not None and entry.plugin in self.plugins:
