@@ -98,6 +98,30 @@ def test_diag_scan_ring_depths(stages, dtype, L, reverse, D, monkeypatch):
     close(gh, rg[2], dtype, f"stages={stages} grad h0 (a constant)")
 
 
+@pytest.mark.parametrize("items,warps", [("16", None), ("16", "4"), ("8", "4"), ("8", "2")])
+@pytest.mark.parametrize("stages", ["0", "2", "3"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("L", [63, 4097])
+@pytest.mark.parametrize("D", [512, 90])
+def test_diag_scan_layouts(items, warps, stages, dtype, L, D, monkeypatch):
+    # The launch variants for kernel comparisons (LRNNX_DIAG_ITEMS: 16 tokens per thread for the
+    # half-precision pairs; LRNNX_DIAG_WARPS: fewer warps per block) against float64, forward and
+    # reverse, with the full / partial tile mix of L = 4097 and idle lanes of D = 90.
+    monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)
+    monkeypatch.setenv("LRNNX_DIAG_ITEMS", items)
+    if warps is not None:
+        monkeypatch.setenv("LRNNX_DIAG_WARPS", warps)
+    for reverse in (False, True):
+        a, b, h0 = diag_inputs(2, L, D, dtype, seed=L + 11)
+        g = torch.Generator(device=dev).manual_seed(6)
+        w = [torch.randn(b.shape, device=dev, generator=g),
+             torch.randn(h0.shape, device=dev, generator=g)]
+        out, gr = grads(kc.diag_scan, (a, b, h0), w, reverse=reverse)
+        ref, rg = grads(diag_scan_chunked, (up(a), up(b), up(h0)), w, reverse=reverse)
+        for o, r, name in zip(out + gr, ref + rg, ("h", "h_last", "grad a", "grad b", "grad h0")):
+            close(o, r, dtype, f"items={items} warps={warps} stages={stages} rev={reverse} {name}")
+
+
 @pytest.mark.parametrize("stages", ["0", "2", "4"])
 def test_diag_scan_ring_varlen(stages, monkeypatch):
     monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)

@@ -11,6 +11,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <mutex>
+#include <unordered_map>
+
 namespace lrnnx_cuda {
 
 #define LRNNX_HD __host__ __device__ __forceinline__
@@ -328,6 +331,58 @@ __device__ __forceinline__ void discretize_grads_t(R dt, S A, S& abar, S& scale,
       ds_dA = S(R(0));
     }
   }
+}
+
+// ---------------------------------------------------------------------------- launch helpers
+// Host-side CUDA queries cost a call into the driver each; on a virtualized host (the H200
+// machine runs under gVisor) the kernels' wrappers spent tens of microseconds per op on them, so
+// what does not change is asked once per device.
+constexpr int kMaxDevices = 64;
+
+// Largest dynamic shared memory a block may opt in to on the current device (cached).
+inline size_t smem_optin_cached(int dev) {
+  static int cache[kMaxDevices] = {};  // 0 = not asked yet
+  if (dev < 0 || dev >= kMaxDevices) {
+    int v = 48 * 1024;
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return (size_t)v;
+  }
+  if (cache[dev] == 0) {
+    int v = 48 * 1024;
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cache[dev] = v;
+  }
+  return (size_t)cache[dev];
+}
+
+// Opt kernel `kern` in to `smem` bytes of dynamic shared memory on device `dev`, once per
+// (kernel, device) unless a larger size is asked later (keyed by the kernel's address).  Set
+// for every non-zero size: the 48 KiB default bounds static plus dynamic shared memory, so a
+// kernel with static arrays needs the opt-in below 48 KiB of dynamic memory too (a version that
+// skipped sizes <= 48 KiB failed the bf16 adjoint's launch, 48 KiB + 8 KiB static, with
+// "invalid argument").
+inline void set_dynamic_smem(const void* kern, size_t smem, int dev) {
+  if (smem == 0) return;
+  static std::mutex mu;
+  static std::unordered_map<const void*, size_t> done[kMaxDevices];
+  const bool cacheable = dev >= 0 && dev < kMaxDevices;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = done[dev].find(kern);
+    if (it != done[dev].end() && it->second >= smem) return;
+  }
+  cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(mu);
+    size_t& v = done[dev][kern];
+    if (v < smem) v = smem;
+  }
+}
+
+inline int current_device() {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  return dev;
 }
 
 }  // namespace lrnnx_cuda

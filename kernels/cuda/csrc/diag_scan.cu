@@ -12,6 +12,7 @@
 // The carry leaves the tile in registers, and the next tile's inputs are already in flight
 // (loaded one tile ahead).  Traffic: a and b read once, h written once.
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -302,29 +303,34 @@ diag_scan_kernel(const DiagParams p) {
       // grad_h0 = conj(a at the first forward token) * g there
       res = conj_(E::ld(a, arowE)) * carry;
     }
-    EC::st(static_cast<R*>(p.last), s * D + d, res);
+    if (!BWD && p.last_store) E::st(static_cast<T*>(p.last), s * D + d, res);
+    else EC::st(static_cast<R*>(p.last), s * D + d, res);
   }
 }
 
-// Warps per block: 8, fewer for short sequences.
+// Warps per block: 8 (LRNNX_DIAG_WARPS caps it, read per call for kernel comparisons), fewer
+// for short sequences.
 static int diag_warps(const DiagParams& p, int items) {
   const int64_t per_seq = p.cu != nullptr ? (p.L + p.nseq - 1) / (p.nseq > 0 ? p.nseq : 1) : p.L;
   int W = kMaxWarps;
+  if (const char* v = std::getenv("LRNNX_DIAG_WARPS")) {
+    const int cap = std::atoi(v);
+    if (cap == 1 || cap == 2 || cap == 4) W = cap;
+  }
   while (W > 1 && (int64_t)(W / 2) * items >= per_seq) W /= 2;
   return W;
 }
 
 template <typename T, typename S, int ITEMS, bool BWD, int STAGES>
-static void launch_kernel(const DiagParams& p, int W, cudaStream_t stream) {
+static void launch_kernel(const DiagParams& p, int W, int dev, cudaStream_t stream) {
   dim3 block(32, W);
   dim3 grid((unsigned)((p.D + 31) / 32), (unsigned)p.nseq);
   size_t smem = 0;
   auto kern = diag_scan_kernel<T, S, ITEMS, BWD, STAGES>;
   if constexpr (STAGES >= 2) {
-    // Static (sP, sH) plus dynamic shared memory above 48 KiB needs the opt-in, so it is set on
-    // every launch (a host-side call; per device context).
+    // Dynamic shared memory above 48 KiB needs the opt-in (once per kernel and device).
     smem = (size_t)STAGES * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>();
-    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    set_dynamic_smem(reinterpret_cast<const void*>(kern), smem, dev);
   }
   kern<<<grid, block, smem, stream>>>(p);
 }
@@ -336,9 +342,8 @@ static void launch_dir(const DiagParams& p, int stages, cudaStream_t stream) {
   const int W = diag_warps(p, ITEMS);
   if (const char* v = std::getenv("LRNNX_DIAG_STAGES")) stages = std::atoi(v);
   if (stages != 0 && stages != 2 && stages != 3 && stages != 4) stages = 0;
-  int dev = 0, optin = 48 * 1024;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const int dev = current_device();
+  const size_t optin = smem_optin_cached(dev);
   const size_t stat = 2 * 2 * kMaxWarps * 32 * sizeof(S);  // sP, sH
   while (stages > 2 &&
          stat + (size_t)stages * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>() > (size_t)optin)
@@ -346,10 +351,10 @@ static void launch_dir(const DiagParams& p, int stages, cudaStream_t stream) {
   if (stages == 2 && stat + (size_t)2 * (BWD ? 3 : 2) * ITEMS * 32 * W * elem_bytes<T, S>() > (size_t)optin)
     stages = 0;
   switch (stages) {
-    case 2: launch_kernel<T, S, ITEMS, BWD, 2>(p, W, stream); break;
-    case 3: launch_kernel<T, S, ITEMS, BWD, 3>(p, W, stream); break;
-    case 4: launch_kernel<T, S, ITEMS, BWD, 4>(p, W, stream); break;
-    default: launch_kernel<T, S, ITEMS, BWD, 0>(p, W, stream); break;
+    case 2: launch_kernel<T, S, ITEMS, BWD, 2>(p, W, dev, stream); break;
+    case 3: launch_kernel<T, S, ITEMS, BWD, 3>(p, W, dev, stream); break;
+    case 4: launch_kernel<T, S, ITEMS, BWD, 4>(p, W, dev, stream); break;
+    default: launch_kernel<T, S, ITEMS, BWD, 0>(p, W, dev, stream); break;
   }
 }
 
@@ -362,8 +367,8 @@ static void launch_typed(const DiagParams& p, cudaStream_t stream, int fwd_stage
     else launch_dir<T, S, ITEMS, false>(p, fwd_stages, stream);
   } else {
     const int W = diag_warps(p, ITEMS);
-    if (p.bwd) launch_kernel<T, S, ITEMS, true, 0>(p, W, stream);
-    else launch_kernel<T, S, ITEMS, false, 0>(p, W, stream);
+    if (p.bwd) launch_kernel<T, S, ITEMS, true, 0>(p, W, -1, stream);
+    else launch_kernel<T, S, ITEMS, false, 0>(p, W, -1, stream);
   }
 }
 
@@ -379,7 +384,7 @@ static bool grouped(const DiagParams& p, int G, size_t store_bytes) {
   };
   const size_t sv = G * store_bytes, cv = G * sizeof(float);
   return ok(p.a, sv) && ok(p.b, sv) && ok(p.out, sv) && ok(p.hf, sv) && ok(p.ga, sv) &&
-         ok(p.h0, cv) && ok(p.last, cv) && ok(p.h0f, cv);
+         ok(p.h0, cv) && ok(p.last, p.last_store ? sv : cv) && ok(p.h0f, cv);
 }
 
 template <typename T, typename V, int ITEMS>
@@ -387,6 +392,21 @@ static void launch_grouped(const DiagParams& p, int G, cudaStream_t stream, int 
   DiagParams q = p;
   q.D = p.D / G;
   launch_typed<T, V, ITEMS, true>(q, stream, fs, bs);
+}
+
+// Half-precision channel pairs: 16 tokens per thread in the forward (half the barriers per
+// token; H200 B16 L4096 D1024 bf16 0.1165 -> 0.1132 ms, B32 L1024 D256 0.0336 -> 0.0331 ms), 8 in
+// the adjoint (16 was slower there: 0.1998 -> 0.2228 ms; three streams in the ring).
+// LRNNX_DIAG_ITEMS = 8 / 16 (read per call) forces one for both directions, for comparisons.
+template <typename T>
+static void launch_half_pairs(const DiagParams& p, cudaStream_t stream) {
+  int items = p.bwd ? 8 : 16;
+  if (const char* v = std::getenv("LRNNX_DIAG_ITEMS")) {
+    const int n = std::atoi(v);
+    if (n == 8 || n == 16) items = n;
+  }
+  if (items == 16) launch_grouped<T, F2, 16>(p, 2, stream, 2, 2);
+  else launch_grouped<T, F2, 8>(p, 2, stream, 2, 2);
 }
 
 // Ring depths (forward, adjoint) per storage type, from one H200 run of every depth (B16 L4096,
@@ -410,11 +430,11 @@ void launch_diag_scan(const DiagParams& p, cudaStream_t stream) {
     // path layouts (session 2): pairs, 8 items 0.232 / 0.807 ms (bf16 fwd / fwd+bwd); four
     // channels per lane 0.332 / 0.911 ms; pairs with 16 items 0.237 / 1.12.
     case DType::F16:
-      if (grouped(p, 2, 2)) launch_grouped<__half, F2, 8>(p, 2, stream, 2, 2);
+      if (grouped(p, 2, 2)) launch_half_pairs<__half>(p, stream);
       else launch_typed<__half, float, 16>(p, stream);
       break;
     case DType::BF16:
-      if (grouped(p, 2, 2)) launch_grouped<__nv_bfloat16, F2, 8>(p, 2, stream, 2, 2);
+      if (grouped(p, 2, 2)) launch_half_pairs<__nv_bfloat16>(p, stream);
       else launch_typed<__nv_bfloat16, float, 16>(p, stream);
       break;
   }

@@ -18,13 +18,14 @@ struct DiagParams {
   const void* b;     // (B, L, D) or nullptr (zeros); in bwd: grad of h
   const void* h0;    // (nseq, D) compute type or nullptr; in bwd: grad of h_last
   void* out;         // (B, L, D) storage type
-  void* last;        // (nseq, D) compute type
+  void* last;        // (nseq, D) compute type; storage type when last_store
   const int32_t* cu; // (nseq + 1) offsets or nullptr
   const void* hf;    // bwd: forward states (B, L, D) storage type
   const void* h0f;   // bwd: forward initial state (nseq, D) compute type or nullptr
   void* ga;          // bwd: grad of a per batch row (B, L, D) storage type or nullptr
   int64_t nseq, L, D;
   bool a_bcast, reverse, bwd, cplx;
+  bool last_store;   // fwd: write last in the storage type (half inputs: no cast op after)
   DType dtype;       // storage type of a, b, out, hf, ga; compute type float (double for F64)
 };
 void launch_diag_scan(const DiagParams& p, cudaStream_t stream);

@@ -59,8 +59,11 @@ std::tuple<Tensor, Tensor> diag_scan_fwd(const Tensor& a, const OptT& b, const O
   const int64_t nseq = cu.has_value() ? cu->numel() - 1 : B;
   const bool cplx = a.is_complex();
   auto cdt = cplx ? c10::toComplexType(compute_real(a)) : compute_real(a);
+  // half inputs get their last state in the input dtype (what the Python wrapper returns), so
+  // no cast op follows the scan; fp32 / fp64 / complex keep the compute type (the same)
+  const bool half = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
   Tensor h = at::empty({B, L, D}, a.options());
-  Tensor last = at::empty({nseq, D}, a.options().dtype(cdt));
+  Tensor last = at::empty({nseq, D}, half ? a.options() : a.options().dtype(cdt));
   DiagParams p{};
   p.a = a.data_ptr();
   p.b = ptr(b);
@@ -71,6 +74,7 @@ std::tuple<Tensor, Tensor> diag_scan_fwd(const Tensor& a, const OptT& b, const O
   p.nseq = nseq; p.L = L; p.D = D;
   p.a_bcast = a.size(0) != B;
   p.reverse = reverse; p.bwd = false; p.cplx = cplx;
+  p.last_store = half;
   p.dtype = storage_dtype(a);
   launch_diag_scan(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -606,12 +606,7 @@ bool selective_tiled_ok(const SelParams& p) {
 }
 
 // Largest dynamic shared memory a block may opt in to on the current device.
-static size_t smem_optin() {
-  int dev = 0, v = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return (size_t)v;
-}
+static size_t smem_optin() { return smem_optin_cached(current_device()); }
 static size_t fwd_smem(int64_t N, int W) {
   const size_t NS = (size_t)((N + kFwdK - 1) / kFwdK * kFwdK), TT = (size_t)W * kTileI;
   return sizeof(float) * (4 * TT * NS + 2 * NS * W * 32 + 3 * NS * 32);
@@ -623,8 +618,7 @@ static size_t bwd_smem(int64_t N, int W) {
 
 template <typename K>
 static void launch_tiled(K kernel, int W, size_t smem, const SelParams& p, cudaStream_t stream) {
-  if (smem > 48 * 1024)
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  set_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, current_device());
   dim3 grid((unsigned)((p.Dm + 31) / 32), (unsigned)p.Bt);
   kernel<<<grid, 32 * W, smem, stream>>>(p);
 }
