@@ -228,6 +228,29 @@ def test_runtime_backend_selected_and_instantiated_once(register):
     assert reasons["spy"] == "does not support this problem: reverse diag_scan only"
 
 
+def test_ranking_follows_registry_changes_without_clearing_caches():
+    # the dispatcher caches its ranking per registry generation: a backend registered or
+    # removed at run time takes part in (or leaves) the very next decision
+    from lrnnx.registry.core import REGISTRY
+
+    a, b = ab()
+    before = ops.select_backend("diag_scan", reverse=True)[0]
+    gen = REGISTRY.generation
+    REGISTRY.register("scan_backend", Spy)
+    try:
+        assert REGISTRY.generation > gen
+        assert ops.select_backend("diag_scan", reverse=True)[0] == "spy"
+        Spy.calls = 0
+        ops.diag_scan(a, b, reverse=True)
+        assert Spy.calls == 1
+    finally:
+        REGISTRY.unregister("scan_backend", "spy")
+    assert ops.select_backend("diag_scan", reverse=True)[0] == before != "spy"
+    Spy.calls = 0
+    ops.diag_scan(a, b, reverse=True)
+    assert Spy.calls == 0
+
+
 class Broken(lrnnx.ScanBackend):
     name = "broken"
     priority = 99

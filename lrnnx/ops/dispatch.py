@@ -55,15 +55,18 @@ DEFAULT_PROBLEM: dict[str, Any] = {
 
 _LOCK = threading.RLock()
 _INSTANCES: dict[tuple[str, int], tuple[Any, str]] = {}  # (name, id(obj)) -> (instance|None, why)
+_RANKED: list = []  # [(registry, its generation, entries)]: the last ranking
 _DECISIONS: dict[tuple, tuple[str | None, dict[str, str]]] = {}
 _RUNTIME_FAILED: dict[tuple, dict[str, str]] = {}  # decision key -> {backend: reason}
 _LOGGED: set[tuple[str, str]] = set()
 
 
 def clear_backend_cache() -> None:
-    """Forget backend instances, cached decisions, run-time failures and logged reasons."""
+    """Forget backend instances, the backend ranking, cached decisions, run-time failures and
+    logged reasons."""
     with _LOCK:
         _INSTANCES.clear()
+        _RANKED.clear()
         _DECISIONS.clear()
         _RUNTIME_FAILED.clear()
         _LOGGED.clear()
@@ -113,9 +116,6 @@ def _instance(entry: Entry) -> tuple[Any, str]:
                 got = (None, f"constructing {obj.__name__}() raised {type(exc).__name__}: {exc}")
             _INSTANCES[key] = got
         return got
-
-
-_RANKED: list = []  # [(registry, its generation, entries)]: the last ranking
 
 
 def _ranked() -> list[Entry]:
