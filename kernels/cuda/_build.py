@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .._buildlock import exclusive_build
+
 CSRC = Path(__file__).resolve().parent / "csrc"
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
               "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
@@ -139,7 +141,8 @@ def build(archs: list[str] | None = None, *, verbose: bool = False) -> Path:
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a[:-1]}.{a[-1]}" for a in archs)
     try:
-        with ctx, warnings.catch_warnings(record=True) as caught:
+        # exclusive_build: a build killed mid-way does not leave the next ones waiting forever
+        with exclusive_build(out_dir), ctx, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 cpp_extension.load(

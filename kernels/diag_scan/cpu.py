@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._buildlock import exclusive_build
 from ._common import empty_result, prepare
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "diag_scan_cpu.cpp"
@@ -71,14 +72,15 @@ def _build_once(flags: list[str]):
     build_dir = _cache_root() / f"{torch.__version__}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     # verbose=False: ninja's output is captured and only shown on failure.
-    return cpp_extension.load(
-        name=f"lrnnx_diag_scan_cpu_{key}",
-        sources=[str(_SOURCE)],
-        extra_cflags=flags,
-        extra_ldflags=["-lgomp"],
-        build_directory=str(build_dir),
-        verbose=False,
-    )
+    with exclusive_build(build_dir):  # survives a build killed mid-way (see _buildlock)
+        return cpp_extension.load(
+            name=f"lrnnx_diag_scan_cpu_{key}",
+            sources=[str(_SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-lgomp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
 
 
 def _load():
