@@ -172,11 +172,14 @@ def _check_ss(kw, method, dtype, state_dtype=torch.float32):
         close(x, r, tol, f"grad {n}")
 
 
-@pytest.fixture(params=["tiled", "per_channel"])
+@pytest.fixture(params=["states", "tiled", "per_channel"])
 def s6_kernel(request, monkeypatch):
-    """Real fp32-state S6 with N <= 32 runs the token-tiled kernels (selective_tiled.cu) unless
-    LRNNX_SEL_TILED=0; both kernel families are checked on the same cases."""
-    monkeypatch.setenv("LRNNX_SEL_TILED", "1" if request.param == "tiled" else "0")
+    """Real fp32-state S6 with N <= 32 runs the kernels of selective_tiled.cu unless
+    LRNNX_SEL_TILED=0: the state-parallel forward by default, the two-pass token-tiled forward
+    with LRNNX_SEL_FWD=tiled (both with the tiled backward).  All three kernel families are
+    checked on the same cases."""
+    monkeypatch.setenv("LRNNX_SEL_TILED", "0" if request.param == "per_channel" else "1")
+    monkeypatch.setenv("LRNNX_SEL_FWD", "tiled" if request.param == "tiled" else "states")
     return request.param
 
 
@@ -187,14 +190,42 @@ def test_selective_scan(method, dtype, s6_kernel):
     _check_ss(kw, method, dtype)
 
 
-# lengths around the tiled kernel's 8-token pieces and 64-token tiles (8 warps), channel counts
-# that leave lanes of the last block idle, N up to the tiled limit (32) and just past it (33)
+# lengths around the tiled kernel's 8-token pieces and 64-token tiles (8 warps) and the
+# state-parallel forward's 32-token tiles, channel counts that leave lanes of the last block
+# idle, N at each of its (states per warp, warps) configurations' edges (8 / 9, 16 / 17), up to
+# the tiled limit (32) and just past it (33)
 @pytest.mark.parametrize("L,Dm,N", [(1, 32, 16), (7, 40, 16), (8, 64, 8), (9, 33, 4),
-                                    (64, 96, 32), (65, 32, 33), (200, 100, 16), (513, 64, 1)])
+                                    (31, 64, 9), (33, 64, 17), (64, 96, 32), (65, 32, 33),
+                                    (200, 100, 16), (513, 64, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_selective_scan_tiled_shapes(L, Dm, N, dtype, s6_kernel):
     kw = ss_inputs(3, L, Dm, N, None, dtype, seed=L + Dm, ts=L % 2 == 1)
     _check_ss(kw, "zoh" if L % 2 else "mamba", dtype)
+
+
+@pytest.mark.parametrize("N", [4, 16, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_scan_fwd_states_inference(N, dtype, monkeypatch):
+    # the state-parallel forward without autograd (no checkpoints stored) gives the same bits as
+    # with it, repeats bit-identically (its sum over the warps' partial outputs has a fixed
+    # order), and agrees with the two-pass forward to rounding
+    monkeypatch.setenv("LRNNX_SEL_FWD", "states")
+    kw = ss_inputs(2, 517, 96, N, None, dtype, seed=N, ts=True)
+    args = dict(kw, delta_softplus=True, return_last_state=True)
+    with torch.no_grad():
+        y1, h1 = kc.selective_scan(**args)
+        y2, h2 = kc.selective_scan(**args)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(h1, h2, rtol=0, atol=0)
+    leaf = {k: (v.clone().requires_grad_() if k == "u" else v) for k, v in kw.items()}
+    y3, h3 = kc.selective_scan(**dict(leaf, delta_softplus=True, return_last_state=True))
+    torch.testing.assert_close(y1, y3.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(h1, h3.detach(), rtol=0, atol=0)
+    monkeypatch.setenv("LRNNX_SEL_FWD", "tiled")
+    with torch.no_grad():
+        y4, h4 = kc.selective_scan(**args)
+    close(y1, y4, dtype, "y vs two-pass")
+    close(h1, h4, torch.float32, "h_last vs two-pass")
 
 
 @pytest.mark.parametrize("W", ["4", "8", "16"])
