@@ -175,11 +175,13 @@ def _check_ss(kw, method, dtype, state_dtype=torch.float32):
 @pytest.fixture(params=["states", "tiled", "per_channel"])
 def s6_kernel(request, monkeypatch):
     """Real fp32-state S6 with N <= 32 runs the kernels of selective_tiled.cu unless
-    LRNNX_SEL_TILED=0: the state-parallel forward by default, the two-pass token-tiled forward
-    with LRNNX_SEL_FWD=tiled (both with the tiled backward).  All three kernel families are
-    checked on the same cases."""
+    LRNNX_SEL_TILED=0: for N <= 16 the state-parallel forward and (fp32 data) backward by
+    default, else and with LRNNX_SEL_FWD=tiled / LRNNX_SEL_BWD=tiled the two-pass token-tiled
+    ones.  All three kernel families are checked on the same cases."""
     monkeypatch.setenv("LRNNX_SEL_TILED", "0" if request.param == "per_channel" else "1")
-    monkeypatch.setenv("LRNNX_SEL_FWD", "tiled" if request.param == "tiled" else "states")
+    mode = "tiled" if request.param == "tiled" else "states"
+    monkeypatch.setenv("LRNNX_SEL_FWD", mode)
+    monkeypatch.setenv("LRNNX_SEL_BWD", mode)
     return request.param
 
 
@@ -203,7 +205,7 @@ def test_selective_scan_tiled_shapes(L, Dm, N, dtype, s6_kernel):
     _check_ss(kw, "zoh" if L % 2 else "mamba", dtype)
 
 
-@pytest.mark.parametrize("N", [4, 16, 32])
+@pytest.mark.parametrize("N", [4, 9, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_scan_fwd_states_inference(N, dtype, monkeypatch):
     # the state-parallel forward without autograd (no checkpoints stored) gives the same bits as
@@ -226,6 +228,16 @@ def test_selective_scan_fwd_states_inference(N, dtype, monkeypatch):
         y4, h4 = kc.selective_scan(**args)
     close(y1, y4, dtype, "y vs two-pass")
     close(h1, h4, torch.float32, "h_last vs two-pass")
+
+
+@pytest.mark.parametrize("fwd,bwd", [("states", "tiled"), ("tiled", "states")])
+@pytest.mark.parametrize("method", ["mamba", "zoh"])
+def test_selective_scan_mixed_kernels(fwd, bwd, method, monkeypatch):
+    # the two forwards store the same checkpoints, so either backward runs after either forward
+    monkeypatch.setenv("LRNNX_SEL_FWD", fwd)
+    monkeypatch.setenv("LRNNX_SEL_BWD", bwd)
+    kw = ss_inputs(2, 301, 64, 16, None, torch.float32, seed=9, ts=method == "zoh")
+    _check_ss(kw, method, torch.float32)
 
 
 @pytest.mark.parametrize("W", ["4", "8", "16"])
