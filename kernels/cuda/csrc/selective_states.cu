@@ -302,7 +302,7 @@ sel_bwd_states_kernel(const SelParams p) {
   };
 
   const int64_t ntiles = (L + TT - 1) / TT;
-  load(ntiles - 1);
+  if (ntiles > 0) load(ntiles - 1);  // L = 0 (the Python wrapper returns before): no tile at -1
   float cu[J], cz[J], cdy[J], cv[J], ct[J], hck[NC][K];
   for (int64_t tile = ntiles - 1; tile >= 0; --tile) {
     const int buf = (int)(tile & 1);
