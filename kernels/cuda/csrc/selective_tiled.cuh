@@ -46,6 +46,23 @@ __device__ __forceinline__ float ex2_approx(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// Register prefetches keep the raw elements (T) and convert them to float where they are used,
+// after the tile's barrier: a conversion next to the load (as Store<T>::ld does) makes the warp
+// wait there for the load, i.e. a full memory latency per tile before the barrier (H200, session
+// 9: the half-precision state-parallel kernels were 12-15% slower than fp32 for that reason).
+template <typename T> __device__ __forceinline__ T ld_raw(const T* p, bool ok) {
+  return ok ? *p : T(0.f);
+}
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// sigmoid(x) = 1 / (1 + 2^(-x log2 e)) on the MUFU unit (ex2.approx, rcp.approx: relative error
+// ~3e-7; 0 for x < -88, where 2^(..) is inf): the accurate expf and IEEE division cost ~25
+// instructions, once per (token, channel) in the state-parallel kernels' staging / epilogue.
+__device__ __forceinline__ float sigmoid_fast(float x) {
+  return __fdividef(1.f, 1.f + ex2_approx(-x * kLog2e));
+}
 template <int DISC>
 __device__ __forceinline__ void disc_tiled(float dt, float A, float& a, float& s) {
   if constexpr (DISC == MAMBA || DISC == DIRAC) {
@@ -86,9 +103,9 @@ inline void launch_tiled(K kernel, int W, size_t smem, const SelParams& p, cudaS
   kernel<<<grid, 32 * W, smem, stream>>>(p);
 }
 
-// The state-parallel kernels (selective_states.cu) for the problems they take (N <= 16; the
-// backward for fp32 data), unless LRNNX_SEL_FWD / LRNNX_SEL_BWD = tiled: returns whether it
-// launched.
+// The state-parallel kernels (selective_states.cu, selective_states_bwd.cu) for the problems they
+// take (N <= 16), unless LRNNX_SEL_FWD / LRNNX_SEL_BWD = tiled: returns whether it launched.
 bool launch_selective_states(const SelParams& p, cudaStream_t stream, bool bwd);
+bool launch_selective_states_bwd(const SelParams& p, cudaStream_t stream);
 
 }  // namespace lrnnx_cuda
