@@ -40,6 +40,51 @@ template <typename T, typename S> constexpr int elem_bytes() {
   return (int)sizeof(T) * (IsCx<S>::value ? 2 : 1) * (std::is_same<S, F2>::value ? 2 : 1);
 }
 
+// Register prefetch of the forward's next tile: half-precision channel pairs stay packed (one
+// 32-bit register per pair) until the tile is scanned; converting them next to the load made
+// the warp wait there for the load (the conversion consumes it), a full memory latency per tile.
+// Other types keep the compute value.
+template <typename T, typename S> struct RawE {
+  using type = S;
+  static __device__ __forceinline__ type ld(const T* p) { return Elem<T, S>::ld(p, 0); }
+  static __device__ __forceinline__ type one() { return S(typename RealOf<S>::type(1)); }
+  static __device__ __forceinline__ type zero() { return S(typename RealOf<S>::type(0)); }
+  static __device__ __forceinline__ S cvt(type r) { return r; }
+};
+template <> struct RawE<__nv_bfloat16, F2> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ type ld(const __nv_bfloat16* p) {
+    return *reinterpret_cast<const __nv_bfloat162*>(p);
+  }
+  static __device__ __forceinline__ type one() { return __float2bfloat162_rn(1.f); }
+  static __device__ __forceinline__ type zero() { return __float2bfloat162_rn(0.f); }
+  static __device__ __forceinline__ F2 cvt(type r) {
+    const float2 v = __bfloat1622float2(r);
+    return {v.x, v.y};
+  }
+};
+template <typename T> struct RawHalf {  // one half-precision channel
+  using type = T;
+  static __device__ __forceinline__ type ld(const T* p) { return *p; }
+  static __device__ __forceinline__ type one() { return T(1.f); }
+  static __device__ __forceinline__ type zero() { return T(0.f); }
+  static __device__ __forceinline__ float cvt(type r) { return static_cast<float>(r); }
+};
+template <> struct RawE<__nv_bfloat16, float> : RawHalf<__nv_bfloat16> {};
+template <> struct RawE<__half, float> : RawHalf<__half> {};
+template <> struct RawE<__half, F2> {
+  using type = __half2;
+  static __device__ __forceinline__ type ld(const __half* p) {
+    return *reinterpret_cast<const __half2*>(p);
+  }
+  static __device__ __forceinline__ type one() { return __float2half2_rn(1.f); }
+  static __device__ __forceinline__ type zero() { return __float2half2_rn(0.f); }
+  static __device__ __forceinline__ F2 cvt(type r) {
+    const float2 v = __half22float2(r);
+    return {v.x, v.y};
+  }
+};
+
 constexpr int kMaxWarps = 8;
 
 // Two resident blocks per SM for real data caps the registers at 128: the fp32 / bf16 channel-pair
@@ -277,8 +322,29 @@ diag_scan_kernel(const DiagParams p) {
       if (is_full(base)) load_t(std::true_type{}, base, P, H, F);
       else load_t(std::false_type{}, base, P, H, F);
     };
-    S Pn[ITEMS], Hn[ITEMS], Fn[ITEMS];
-    if (!BWD && len > 0) load(0, Pn, Hn, Fn);
+    // the forward's prefetch of the next tile, raw (RawE)
+    using RW = RawE<T, S>;
+    using RT = typename RW::type;
+    auto load_raw_t = [&](auto fullc, int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS]) {
+      constexpr bool full = decltype(fullc)::value;
+      const int64_t q0 = base + (int64_t)w * ITEMS;
+      const T* pa = a + first(arow0, base);
+      const T* pb = has_b ? b + first(row0, base) : nullptr;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const bool ok = full || (dok && q0 + i < len);
+        P[i] = ok ? RW::ld(pa) : RW::one();
+        H[i] = (has_b && ok) ? RW::ld(pb) : RW::zero();
+        pa += sT;
+        if (has_b) pb += sT;
+      }
+    };
+    auto load_raw = [&](int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS]) {
+      if (is_full(base)) load_raw_t(std::true_type{}, base, P, H);
+      else load_raw_t(std::false_type{}, base, P, H);
+    };
+    RT Pn[ITEMS], Hn[ITEMS];
+    if (!BWD && len > 0) load_raw(0, Pn, Hn);
     int buf = 0;
     for (int64_t base = 0; base < len; base += tile) {
       S P[ITEMS], H[ITEMS], F[ITEMS];
@@ -287,10 +353,10 @@ diag_scan_kernel(const DiagParams p) {
       } else {
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
-          P[i] = Pn[i];
-          H[i] = Hn[i];
+          P[i] = RW::cvt(Pn[i]);
+          H[i] = RW::cvt(Hn[i]);
         }
-        if (base + tile < len) load(base + tile, Pn, Hn, Fn);
+        if (base + tile < len) load_raw(base + tile, Pn, Hn);
       }
       if (is_full(base)) scan_tile(std::true_type{}, base, P, H, F, buf);
       else scan_tile(std::false_type{}, base, P, H, F, buf);
@@ -398,15 +464,23 @@ static void launch_grouped(const DiagParams& p, int G, cudaStream_t stream, int 
 // token; H200 B16 L4096 D1024 bf16 0.1165 -> 0.1132 ms, B32 L1024 D256 0.0336 -> 0.0331 ms), 8 in
 // the adjoint (16 was slower there: 0.1998 -> 0.2228 ms; three streams in the ring).
 // LRNNX_DIAG_ITEMS = 8 / 16 (read per call) forces one for both directions, for comparisons.
+// Session 9: with the forward's register prefetch kept packed (RawE), long sequences run the
+// forward on the register path with 8 tokens per thread (B16 L4096 D1024 bf16: 0.1126 ms ring /
+// 16 items -> 0.1074; accelerated_scan 0.1097), short ones keep the ring with 16 (B32 L1024
+// D256: 0.0317 ring vs 0.0328 register path).  Threshold: per-sequence length 2048, between the
+// two measured shapes.
 template <typename T>
 static void launch_half_pairs(const DiagParams& p, cudaStream_t stream) {
-  int items = p.bwd ? 8 : 16;
+  const int64_t per_seq = p.cu != nullptr ? (p.L + p.nseq - 1) / (p.nseq > 0 ? p.nseq : 1) : p.L;
+  const bool reg_fwd = !p.bwd && per_seq >= 2048;
+  int items = p.bwd || reg_fwd ? 8 : 16;
   if (const char* v = std::getenv("LRNNX_DIAG_ITEMS")) {
     const int n = std::atoi(v);
     if (n == 8 || n == 16) items = n;
   }
-  if (items == 16) launch_grouped<T, F2, 16>(p, 2, stream, 2, 2);
-  else launch_grouped<T, F2, 8>(p, 2, stream, 2, 2);
+  const int fs = reg_fwd ? 0 : 2;  // LRNNX_DIAG_STAGES still overrides (launch_dir)
+  if (items == 16) launch_grouped<T, F2, 16>(p, 2, stream, fs, 2);
+  else launch_grouped<T, F2, 8>(p, 2, stream, fs, 2);
 }
 
 // Ring depths (forward, adjoint) per storage type, from one H200 run of every depth (B16 L4096,
