@@ -78,6 +78,9 @@ def _early_conversions(ptx: str, entry: str) -> tuple[int, list[tuple[str, str, 
     ("selective_states_bwd.cu", r"sel_bwd_states_kernelI(13__nv_bfloat16|6__half)"),
     # the diagonal scan's forward register path (BWD = false, STAGES = 0)
     ("diag_scan.cu", r"diag_scan_kernelI(13__nv_bfloat16|6__half)\w*Lb0ELi0E"),
+    # its adjoint's register path for channel pairs with 8 tokens per thread (session 10: the
+    # prefetch there; the version that loaded in place fails it: 216 offending loads)
+    ("diag_scan.cu", r"diag_scan_kernelI(13__nv_bfloat16|6__half)NS_2F2ELi8ELb1ELi0E"),
 ])
 def test_half_precision_prefetch_is_converted_after_the_barrier(source, entry, tmp_path):
     # The register prefetches of the next tile (loaded before the tile's barrier, used after it)

@@ -70,17 +70,22 @@ def test_diag_scan_varlen_shared_a_no_h0(reverse):
         close(x, r, torch.complex64, "shared a, no h0")
 
 
-@pytest.mark.parametrize("stages", ["0", "2", "3", "4"])
+@pytest.mark.parametrize("stages", ["default", "0", "2", "3", "4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.complex64])
 @pytest.mark.parametrize("L", [63, 4097])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("D", [512, 90])
 def test_diag_scan_ring_depths(stages, dtype, L, reverse, D, monkeypatch):
-    # Every cp.async ring depth (LRNNX_DIAG_STAGES, 0 = register path) against float64, with
-    # and without a gradient for a (the adjoint then skips the forward-state stream).  D = 90
-    # leaves idle lanes in the last block while its tiles are full (the full-tile branch holds
-    # the barrier, so it must not depend on the lane: this hung once).
-    monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)
+    # Every cp.async ring depth (LRNNX_DIAG_STAGES, 0 = register path) and the launcher's own
+    # choice by length ("default": L = 4097 takes the register paths for half-precision pairs)
+    # against float64, with and without a gradient for a (the adjoint then skips the
+    # forward-state stream).  D = 90 leaves idle lanes in the last block while its tiles are
+    # full (the full-tile branch holds the barrier, so it must not depend on the lane: this
+    # hung once).
+    if stages == "default":
+        monkeypatch.delenv("LRNNX_DIAG_STAGES", raising=False)
+    else:
+        monkeypatch.setenv("LRNNX_DIAG_STAGES", stages)
     a, b, h0 = diag_inputs(2, L, D, dtype, seed=L + 7)
     g = torch.Generator(device=dev).manual_seed(5)
     w = [torch.randn(b.shape, device=dev, generator=g), torch.randn(h0.shape, device=dev,

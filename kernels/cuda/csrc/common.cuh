@@ -379,6 +379,19 @@ inline void set_dynamic_smem(const void* kern, size_t smem, int dev) {
   }
 }
 
+// Streaming multiprocessors of device dev (cached per device).
+inline int sm_count_cached(int dev) {
+  static int cache[kMaxDevices] = {};  // 0 = not asked yet
+  auto ask = [](int d) {
+    int v = 0;
+    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, d);
+    return v > 0 ? v : 1;
+  };
+  if (dev < 0 || dev >= kMaxDevices) return ask(dev);
+  if (cache[dev] == 0) cache[dev] = ask(dev);
+  return cache[dev];
+}
+
 inline int current_device() {
   int dev = 0;
   cudaGetDevice(&dev);

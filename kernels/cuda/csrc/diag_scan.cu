@@ -291,10 +291,14 @@ diag_scan_kernel(const DiagParams p) {
       st = st + 1 == STAGES ? 0 : st + 1;
     }
   } else {
-    // Forward: the tile's inputs are loaded one tile ahead (registers Pn / Hn), so the DRAM
-    // latency of tile k+1 overlaps the scan, barrier and stores of tile k.  The adjoint, which
-    // reads three streams, would need ~160 registers for that (one block per SM), so it loads in
-    // place (the ring kernels above prefetch it).
+    // The tile's inputs are loaded one tile ahead (registers Pn / Hn / Fn, raw: RawE), so the
+    // DRAM latency of tile k+1 overlaps the scan, barrier and stores of tile k.  The adjoint
+    // reads three streams; it prefetches only when they stay packed (half-precision channel
+    // pairs, 8 items: 24 32-bit registers; with 16 items it spilled), else it would need ~160
+    // registers (one block per SM) and loads in place (the ring kernels above prefetch those).
+    using RW = RawE<T, S>;
+    using RT = typename RW::type;
+    constexpr bool kPrefetch = !BWD || (std::is_same<S, F2>::value && sizeof(T) == 2 && ITEMS <= 8);
     auto load_t = [&](auto fullc, int64_t base, S (&P)[ITEMS], S (&H)[ITEMS], S (&F)[ITEMS]) {
       constexpr bool full = decltype(fullc)::value;
       const int64_t q0 = base + (int64_t)w * ITEMS;
@@ -322,43 +326,55 @@ diag_scan_kernel(const DiagParams p) {
       if (is_full(base)) load_t(std::true_type{}, base, P, H, F);
       else load_t(std::false_type{}, base, P, H, F);
     };
-    // the forward's prefetch of the next tile, raw (RawE)
-    using RW = RawE<T, S>;
-    using RT = typename RW::type;
-    auto load_raw_t = [&](auto fullc, int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS]) {
+    // The prefetch: the same predicates as load_t; an adjoint forward state outside the
+    // sequence is raw zero here and becomes hinit (fp32, not representable raw) at conversion.
+    auto load_raw_t = [&](auto fullc, int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS],
+                          RT (&F)[ITEMS]) {
       constexpr bool full = decltype(fullc)::value;
       const int64_t q0 = base + (int64_t)w * ITEMS;
       const T* pa = a + first(arow0, base);
       const T* pb = has_b ? b + first(row0, base) : nullptr;
+      const T* pf = has_ga ? hf + first(row0, base) : nullptr;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const bool ok = full || (dok && q0 + i < len);
-        P[i] = ok ? RW::ld(pa) : RW::one();
+        if (!BWD) {
+          P[i] = ok ? RW::ld(pa) : RW::one();
+        } else {  // real data only (kPrefetch): no conjugate
+          P[i] = (ok && (full || q0 + i > 0)) ? RW::ld(pa - sT) : RW::one();
+          F[i] = (has_ga && ok && (full || q0 + i + 1 < len)) ? RW::ld(pf + sT) : RW::zero();
+        }
         H[i] = (has_b && ok) ? RW::ld(pb) : RW::zero();
         pa += sT;
         if (has_b) pb += sT;
+        if (has_ga) pf += sT;
       }
     };
-    auto load_raw = [&](int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS]) {
-      if (is_full(base)) load_raw_t(std::true_type{}, base, P, H);
-      else load_raw_t(std::false_type{}, base, P, H);
+    auto load_raw = [&](int64_t base, RT (&P)[ITEMS], RT (&H)[ITEMS], RT (&F)[ITEMS]) {
+      if (is_full(base)) load_raw_t(std::true_type{}, base, P, H, F);
+      else load_raw_t(std::false_type{}, base, P, H, F);
     };
-    RT Pn[ITEMS], Hn[ITEMS];
-    if (!BWD && len > 0) load_raw(0, Pn, Hn);
+    RT Pn[ITEMS], Hn[ITEMS], Fn[ITEMS];  // Fn: adjoint only
+    if constexpr (kPrefetch) {
+      if (len > 0) load_raw(0, Pn, Hn, Fn);
+    }
     int buf = 0;
     for (int64_t base = 0; base < len; base += tile) {
       S P[ITEMS], H[ITEMS], F[ITEMS];
-      if constexpr (BWD) {
+      const bool full = is_full(base);
+      if constexpr (!kPrefetch) {
         load(base, P, H, F);
       } else {
+        const int64_t q0 = base + (int64_t)w * ITEMS;
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
           P[i] = RW::cvt(Pn[i]);
           H[i] = RW::cvt(Hn[i]);
+          if (BWD) F[i] = (full || (has_ga && dok && q0 + i + 1 < len)) ? RW::cvt(Fn[i]) : hinit;
         }
-        if (base + tile < len) load_raw(base + tile, Pn, Hn);
+        if (base + tile < len) load_raw(base + tile, Pn, Hn, Fn);
       }
-      if (is_full(base)) scan_tile(std::true_type{}, base, P, H, F, buf);
+      if (full) scan_tile(std::true_type{}, base, P, H, F, buf);
       else scan_tile(std::false_type{}, base, P, H, F, buf);
       buf ^= 1;
     }
@@ -460,27 +476,31 @@ static void launch_grouped(const DiagParams& p, int G, cudaStream_t stream, int 
   launch_typed<T, V, ITEMS, true>(q, stream, fs, bs);
 }
 
-// Half-precision channel pairs: 16 tokens per thread in the forward (half the barriers per
-// token; H200 B16 L4096 D1024 bf16 0.1165 -> 0.1132 ms, B32 L1024 D256 0.0336 -> 0.0331 ms), 8 in
-// the adjoint (16 was slower there: 0.1998 -> 0.2228 ms; three streams in the ring).
-// LRNNX_DIAG_ITEMS = 8 / 16 (read per call) forces one for both directions, for comparisons.
-// Session 9: with the forward's register prefetch kept packed (RawE), long sequences run the
-// forward on the register path with 8 tokens per thread (B16 L4096 D1024 bf16: 0.1126 ms ring /
-// 16 items -> 0.1074; accelerated_scan 0.1097), short ones keep the ring with 16 (B32 L1024
-// D256: 0.0317 ring vs 0.0328 register path).  Threshold: per-sequence length 2048, between the
-// two measured shapes.
+// Half-precision channel pairs.  Forward: 16 tokens per thread on the cp.async ring (half the
+// barriers per token; H200 B16 L4096 D1024 bf16 0.1165 -> 0.1132 ms, B32 L1024 D256 0.0336 ->
+// 0.0331 ms) or, with the register prefetch kept packed (RawE, session 9), 8 tokens per thread
+// on the register path.  Which one is faster depends on how many blocks share an SM, not on L
+// (H200, 132 SMs, session 10, fwd ms ring / register): 256 blocks (B16 L4096 D1024) 0.1127 /
+// 0.1087; 128 blocks: B8 L2048 D1024 0.0309 / 0.0372, B32 L1024 D256 0.0242 / 0.0239 (session 9:
+// 0.0317 / 0.0328).  With one block per SM the ring's 16 tokens keep more bytes in flight; so
+// the register path when there are more blocks than SMs.  Adjoint: 8 tokens per thread (16 was
+// slower: 0.1998 -> 0.2228 ms), on the register path with the packed prefetch (session 10; it
+// measured faster at all four shapes: 0.1997 -> 0.1805 ms at B16 L4096 D1024 bf16, fp16 0.2005 ->
+// 0.1829, 0.0322 -> 0.0303 at B32 L1024 D256, 0.0552 -> 0.0546 at B8 L2048 D1024).
+// LRNNX_DIAG_ITEMS = 8 / 16 and LRNNX_DIAG_STAGES (read per call) force one layout for both
+// directions, for comparisons.
 template <typename T>
 static void launch_half_pairs(const DiagParams& p, cudaStream_t stream) {
-  const int64_t per_seq = p.cu != nullptr ? (p.L + p.nseq - 1) / (p.nseq > 0 ? p.nseq : 1) : p.L;
-  const bool reg_fwd = !p.bwd && per_seq >= 2048;
+  const int64_t blocks = ((p.D / 2 + 31) / 32) * (int64_t)p.nseq;
+  const bool reg_fwd = blocks > sm_count_cached(current_device());
   int items = p.bwd || reg_fwd ? 8 : 16;
   if (const char* v = std::getenv("LRNNX_DIAG_ITEMS")) {
     const int n = std::atoi(v);
     if (n == 8 || n == 16) items = n;
   }
   const int fs = reg_fwd ? 0 : 2;  // LRNNX_DIAG_STAGES still overrides (launch_dir)
-  if (items == 16) launch_grouped<T, F2, 16>(p, 2, stream, fs, 2);
-  else launch_grouped<T, F2, 8>(p, 2, stream, fs, 2);
+  if (items == 16) launch_grouped<T, F2, 16>(p, 2, stream, fs, 0);
+  else launch_grouped<T, F2, 8>(p, 2, stream, fs, 0);
 }
 
 // Ring depths (forward, adjoint) per storage type, from one H200 run of every depth (B16 L4096,
