@@ -129,7 +129,8 @@ def test_n_copies():
 
 def test_measure_rotates_copies_and_counts_calls():
     seen = []
-    m = timing.measure(lambda c: seen.append(c), ["a", "b", "c"], "cpu", warmup=2, repeats=5)
+    m = timing.measure(lambda c: seen.append(c), ["a", "b", "c"], "cpu", warmup=2, repeats=5,
+                       warmup_ms=0)
     assert m.status == "ok" and m.repeats == 5 and len(m.times_ms) == 5
     assert seen == ["a", "b", "a", "b", "c", "a", "b"]  # 2 warm-up calls, then 5 timed
     assert m.ms == sorted(m.times_ms)[2] and m.min_ms == min(m.times_ms)
@@ -156,6 +157,27 @@ def test_measure_limit(monkeypatch, walls, calls, status):
         assert m.ms is None and f"took {walls[-1]:.1f} s (> 20 s limit)" in m.note
     else:
         assert m.repeats == 3 and m.ms is not None
+
+
+def test_measure_warms_up_for_warmup_ms():
+    # after the warm-up calls, untimed calls until ~warmup_ms have passed, at most warmup_ms /
+    # (one call) of them and a tenth of the budget's worth
+    calls = []
+
+    def fn(_):
+        calls.append(1)
+        time.sleep(0.002)
+
+    timing.measure(fn, [None], "cpu", warmup=1, repeats=3, warmup_ms=30.0)
+    extra = len(calls) - 1 - 3  # the first (estimating) call and the timed ones
+    assert 5 <= extra <= 15, extra
+    calls.clear()
+    timing.measure(fn, [None], "cpu", warmup=1, repeats=3, warmup_ms=30.0, budget_s=0.05)
+    assert len(calls) - 1 - 3 <= 3  # 5 ms of the budget: two calls of >= 2 ms
+    calls.clear()
+    timing.measure(fn, [None], "cpu", warmup=1, repeats=3, warmup_ms=0)
+    assert len(calls) == 4
+    assert timing.WARMUP_MS == 25.0
 
 
 def test_measure_caps_repeats_by_budget():

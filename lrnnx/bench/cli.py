@@ -53,6 +53,9 @@ def add_commands(subparsers) -> None:
     s.add_argument("--backward", action="store_true", help="also time forward+backward")
     s.add_argument("--repeats", type=int, default=10, help="timed calls per point (10)")
     s.add_argument("--warmup", type=int, default=2, help="untimed calls first (2)")
+    s.add_argument("--warmup-ms", type=float, default=25.0,
+                   help="then untimed calls for about this long, so the host CPU is at its "
+                        "steady clock (25; 0 = off)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--plot", metavar="FILE.png", help="plot time vs length (needs matplotlib)")
     s.set_defaults(func=cmd_bench)
@@ -162,7 +165,8 @@ def _row(name: str, backend: str, L: int) -> dict[str, Any]:
             "status": "ok", "note": ""}
 
 
-def _measure_row(row, fwd, fwd_bwd, copies, device, backward, repeats, warmup, limit_s):
+def _measure_row(row, fwd, fwd_bwd, copies, device, backward, repeats, warmup, limit_s,
+                 warmup_ms=25.0):
     from .timing import measure
 
     notes = []
@@ -170,6 +174,7 @@ def _measure_row(row, fwd, fwd_bwd, copies, device, backward, repeats, warmup, l
     try:
         for key, fn in todo:
             m = measure(fn, copies, device, warmup=warmup, repeats=repeats, limit_s=limit_s,
+                        warmup_ms=warmup_ms,
                         budget_s=max(10.0, limit_s))
             row[key], row[f"{key}_ms"] = m.to_dict(), m.ms
             if m.status != "ok":
@@ -206,6 +211,7 @@ def run_bench(target: str, *, d_model: int = 128, batch: int = 8,
               lengths: list[int] | tuple[int, ...] = (256, 1024, 4096), dtype: str = "float32",
               device: str | None = None, backends: list[str] | None = None,
               backward: bool = False, repeats: int = 10, warmup: int = 2, d_state: int = 16,
+              warmup_ms: float = 25.0,
               limit_s: float = 20.0, log=None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready dict (``schema``, ``target``, ``config``,
     ``environment``, ``results``: one row per (name, backend, length))."""
@@ -226,13 +232,17 @@ def run_bench(target: str, *, d_model: int = 128, batch: int = 8,
         "schema": SCHEMA, "target": target, "kind": "ops" if target in ("ops", *OPS) else "spec",
         "config": {"d_model": d_model, "batch": batch, "lengths": lengths, "dtype": dtype,
                    "device": str(dev), "backends": bks, "backward": backward,
-                   "repeats": repeats, "warmup": warmup, "d_state": d_state},
+                   "repeats": repeats, "warmup": warmup, "warmup_ms": warmup_ms,
+                   "d_state": d_state},
         "environment": {"lrnnx": __version__, "torch": torch.__version__,
                         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else "cpu", "python": sys.version.split()[0]},
         "notes": [], "results": [],
     }
-    kw = dict(backward=backward, repeats=repeats, warmup=warmup, limit_s=limit_s)
+    if warmup_ms < 0:
+        raise ConfigError(f"--warmup-ms must be >= 0, got {warmup_ms}")
+    kw = dict(backward=backward, repeats=repeats, warmup=warmup, limit_s=limit_s,
+              warmup_ms=warmup_ms)
     if data["kind"] == "ops":
         _bench_ops([target] if target in OPS else list(OPS), data, bks, lengths, batch,
                    d_model, d_state, tdt, dev, log, kw)
@@ -335,6 +345,7 @@ def cmd_bench(args, out) -> int:
                          lengths=parse_lengths(args.lengths), dtype=args.dtype,
                          device=args.device, backends=args.backends, backward=args.backward,
                          repeats=args.repeats, warmup=args.warmup, d_state=args.d_state,
+                         warmup_ms=args.warmup_ms,
                          log=lambda r: status.update(f"benchmarking {r['name']} [{r['backend']}]"
                                                      f" L={r['length']} ..."))
     out.print(report.bench_table(data))

@@ -282,7 +282,8 @@ def run_published(w: Workload, row: dict[str, Any], device: torch.device, opts: 
     os.close(fd)
     try:
         job = peers.published_job(
-            w, str(device), variant, warmup=opts.warmup, repeats=opts.repeats,
+            w, str(device), variant, warmup=opts.warmup, warmup_ms=opts.warmup_ms,
+            repeats=opts.repeats,
             limit_s=opts.limit_s, budget_s=opts.measure_budget_s,
             time_left_s=deadline - time.monotonic(),
             check_path=check_path if w.kind != "layer" else None)

@@ -373,16 +373,16 @@ def published_status() -> str:
     return f"{version or 'version unknown'} (child process, {PUBLISHED_ENV}={path})"
 
 
-def published_job(w: Any, device: str, variant: str = "", *, warmup: int = 3, repeats: int = 20,
-                  limit_s: float = 20.0, budget_s: float = 6.0, time_left_s: float = 1e9,
+def published_job(w: Any, device: str, variant: str = "", *, warmup: int = 3,
+                  warmup_ms: float = 0.0, repeats: int = 20, limit_s: float = 20.0, budget_s: float = 6.0, time_left_s: float = 1e9,
                   check_path: str | None = None, seed: int = 0) -> dict[str, Any]:
     """The JSON request for workload ``w`` (a :class:`.workloads.Workload`)."""
     return {"kind": w.kind, "dtype": w.dtype, "dims": [list(d) for d in w.dims],
             "layer": w.layer, "options": [list(o) for o in w.options], "variant": variant,
             "reference": w.reference, "device": device, "seed": seed,
             "measure_fwd": w.measure_fwd,
-            "measure": {"warmup": warmup, "repeats": repeats, "limit_s": limit_s,
-                        "budget_s": budget_s},
+            "measure": {"warmup": warmup, "warmup_ms": warmup_ms, "repeats": repeats,
+                        "limit_s": limit_s, "budget_s": budget_s},
             "time_left_s": time_left_s, "check_path": check_path}
 
 
@@ -550,7 +550,8 @@ def _worker_job(job: dict[str, Any], timing, workloads) -> dict[str, Any]:
         res["copies"] = n
         m = job.get("measure", {})
         kw = dict(warmup=int(m.get("warmup", 3)), repeats=int(m.get("repeats", 20)),
-                  limit_s=float(m.get("limit_s", 20.0)), budget_s=float(m.get("budget_s", 6.0)))
+                  limit_s=float(m.get("limit_s", 20.0)), budget_s=float(m.get("budget_s", 6.0)),
+                  warmup_ms=float(m.get("warmup_ms", 0.0)))
 
         def fwd(a):
             with torch.no_grad():

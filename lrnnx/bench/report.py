@@ -106,7 +106,10 @@ def suite_markdown(results: dict[str, Any]) -> str:
         f"read + written): **{cb['GBps'] or 0:.0f} GB/s** ({fmt_ms(cb['ms'])} ms)",
         f"- timing: median of {results['options']['repeats']} calls "
         f"({clock}) after "
-        f"{results['options']['warmup']} warm-up calls (on a GPU rotating among input copies "
+        f"{results['options']['warmup']} warm-up calls"
+        + (f" and {results['options']['warmup_ms']:g} ms of queued warm-up calls"
+           if results["options"].get("warmup_ms") else "")
+        + " (on a GPU rotating among input copies "
         f"that together exceed 2x the L2); fwd under `torch.no_grad()`, fwd+bwd = forward + "
         f"`torch.autograd.grad` w.r.t. every input (layers: input and parameters).",
         "- ratio = time / time of the reference peer (lower is better); the target is judged on "

@@ -62,6 +62,10 @@ class SuiteOptions:
         return 1 if (self.smoke or self.quick) else 3
 
     @property
+    def warmup_ms(self) -> float:
+        return 0.0 if (self.smoke or self.quick) else timing.WARMUP_MS
+
+    @property
     def measure_budget_s(self) -> float:
         return 2.0 if (self.smoke or self.quick) else 6.0
 
@@ -154,7 +158,7 @@ def run_impl(w: Workload, impl: Impl, inputs: dict, device: torch.device, opts: 
         row["copies"] = n
         notes = []
         kw = dict(warmup=opts.warmup, repeats=opts.repeats, limit_s=opts.limit_s,
-                  budget_s=opts.measure_budget_s)
+                  budget_s=opts.measure_budget_s, warmup_ms=opts.warmup_ms)
         todo = [("fwd", lambda a: _no_grad(impl.forward, a))] if w.measure_fwd else []
         todo.append(("fwd_bwd", impl.fwd_bwd))
         for key, fn in todo:
@@ -315,7 +319,8 @@ def run_suite(opts: SuiteOptions, log=None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "schema": SCHEMA, "complete": False, "environment": environment(device),
         "options": {"quick": opts.quick, "only": opts.only, "smoke": opts.smoke,
-                    "repeats": opts.repeats, "warmup": opts.warmup, "budget_s": opts.budget_s,
+                    "repeats": opts.repeats, "warmup": opts.warmup,
+                    "warmup_ms": opts.warmup_ms, "budget_s": opts.budget_s,
                     "limit_s": opts.limit_s, "rounds": opts.rounds, "device": str(device)},
         "copy_bandwidth": copy, "workloads": [],
     }

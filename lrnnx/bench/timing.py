@@ -2,7 +2,7 @@
 
 * :func:`measure` times ``fn(copy)`` -- CUDA events around each call on a GPU (one host sync at
   the end, so launches queue as in training), ``time.perf_counter`` on a CPU -- and returns the
-  median of the repeats after warm-up.  The calls rotate among several input copies
+  median of the repeats after warm-up (a few calls, then ~25 ms of queued calls: ``warmup_ms``).  The calls rotate among several input copies
   (:func:`n_copies`) so that a small workload cannot be served from the L2 cache: every copy has
   been evicted by the others before it comes round again.
 * A call slower than ``limit_s`` (default 20 s, measured after the first call, which may include
@@ -28,6 +28,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
+#: default minimum warm-up time of :func:`measure` (triton's ``do_bench`` warms up for 25 ms too)
+WARMUP_MS = 25.0
 
 #: H200 L2 size, used when the device does not report its own
 DEFAULT_L2_BYTES = 60 * 2**20
@@ -87,7 +90,7 @@ def _wall(fn: Callable[[Any], Any], arg: Any, device: torch.device) -> float:
 
 def measure(fn: Callable[[Any], Any], copies: Sequence[Any], device: str | torch.device, *,
             warmup: int = 2, repeats: int = 10, limit_s: float = 20.0,
-            budget_s: float = 30.0) -> Measurement:
+            budget_s: float = 30.0, warmup_ms: float = WARMUP_MS) -> Measurement:
     """Median time of ``fn(copies[i % len(copies)])`` over ``repeats`` calls after ``warmup``.
 
     Args:
@@ -98,6 +101,11 @@ def measure(fn: Callable[[Any], Any], copies: Sequence[Any], device: str | torch
         repeats: timed calls, fewer when ``budget_s`` does not allow them (noted).
         limit_s: a single call slower than this is not repeated: ``status="skipped"``.
         budget_s: time allowed for the timed calls (at least one is made).
+        warmup_ms: after the warm-up calls, more untimed calls (queued as in the timed loop) until
+            about this much time has passed: on the H200 host the first 2-5 calls after an idle
+            spell measured 1.3-6x slower than the steady state for every implementation
+            (benchmarks/NOTES.md, session 10), more than ``warmup`` calls cover.  At most
+            ``warmup_ms / (one call's time)`` calls and a tenth of ``budget_s``; 0 turns it off.
     """
     if not copies:
         raise ValueError("measure: copies must hold at least one input")
@@ -114,6 +122,15 @@ def measure(fn: Callable[[Any], Any], copies: Sequence[Any], device: str | torch
         if est * (max(1, warmup) - i) > budget_s:
             break  # a slow workload: the first call warmed it up enough
         est = _wall(fn, copies[i % n], dev)
+    if warmup_ms > 0:
+        # est >= the call's device time, so k calls queue at most ~warmup_ms of device work
+        k = min(1000, int(min(warmup_ms * 1e-3, 0.1 * budget_s) / max(est, 1e-9)))
+        t0 = time.perf_counter()
+        for i in range(k):
+            fn(copies[i % n])
+            if time.perf_counter() - t0 > warmup_ms * 1e-3:
+                break
+        synchronize(dev)
     reps = max(1, min(repeats, int(budget_s / max(est, 1e-9))))
     note = "" if reps == repeats else f"repeats capped at {reps} by the {budget_s:g} s budget"
     times: list[float] = []
